@@ -1,0 +1,168 @@
+"""GSM8K-style answer checking and TRL-compatible reward functions (DESIGN.md §4).
+
+Every function here has TRL's reward signature `fn(prompts, completions, **dataset_columns) -> list[float | None]`,
+so the same callable scores EGGROLL's population and TRL's GRPOTrainer, and both methods are judged alike.
+TRL's stock `accuracy_reward` is not used: it parses LaTeX and scores a plain `#### 72` as 0.
+
+Extraction follows lm-eval-harness's gsm8k task (lm_eval/tasks/gsm8k/gsm8k.yaml):
+- strict:   `#### (\\-?[0-9\\.\\,]+)`, the GSM8K training format;
+- flexible: the last match of `(-?[$0-9.,]{2,})|(-?[0-9]+)`, with `\\boxed{N}` tried first (Qwen/DeepSeek style)
+            and then the `#### N` answer;
+- cleaning: commas, `$` and trailing `.` are dropped (the harness's `regexes_to_ignore`).
+Deliberate departures, each so a right answer is not scored wrong: the LAST `####` wins (the harness takes the
+first; a model that revises itself means its final line), `$` and missing spaces after `####` are accepted, and a
+candidate that is not a number once cleaned ("...", "1.2.3") is skipped instead of becoming the answer.
+
+An extracted answer is the cleaned literal ("$1,234.00" -> "1234.00"): digits stay as written so evaluation
+records show what the model said. Compare answers with `numbers_equal` (exact rationals), never with `==`.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from collections.abc import Callable, Sequence
+from fractions import Fraction
+from typing import Any
+
+EXTRACT_MODES = ("strict", "flexible")
+
+_STRICT = re.compile(r"####[ \t]*(\$?-?\$?[0-9.,]+)")
+_FLEXIBLE = re.compile(r"(-?[$0-9.,]{2,})|(-?[0-9]+)")
+_BOXED = re.compile(r"\\boxed\{((?:[^{}]|\{[^{}]*\})*)\}")  # one level of nested braces: \boxed{18\text{ dollars}}
+_NUMBER = re.compile(r"-?(?:\d+(?:\.\d+)?|\.\d+)")
+
+
+class RewardError(ValueError):
+    """Bad input to answer checking or a reward function: unknown mode or name, mismatched lists, unusable gold."""
+
+
+def _clean(raw: str) -> str | None:
+    """lm-eval's cleaning (drop `,` and `$`, trailing `.`) -> a plain decimal literal, or None if not a number."""
+    text = raw.replace(",", "").replace("$", "").strip().rstrip(".")
+    return text if _NUMBER.fullmatch(text) else None
+
+
+def _last_number(text: str) -> str | None:
+    """The last flexible-extract match that is a number once cleaned."""
+    for match in reversed(list(_FLEXIBLE.finditer(text))):
+        number = _clean(match.group(0))
+        if number is not None:
+            return number
+    return None
+
+
+def _strict_answer(text: str) -> str | None:
+    for match in reversed(list(_STRICT.finditer(text))):
+        number = _clean(match.group(1))
+        if number is not None:
+            return number
+    return None
+
+
+def extract_answer(text: str, mode: str = "strict") -> str | None:
+    """The final numeric answer in a completion, cleaned ("1,234.00" -> "1234.00"), or None if there is none.
+
+    strict: the number after the last `#### `. flexible: the last `\\boxed{...}` holding a number, else the strict
+    answer, else the last number anywhere in the text.
+    """
+    if mode not in EXTRACT_MODES:
+        raise RewardError(f"unknown extraction mode {mode!r}; valid modes: {', '.join(EXTRACT_MODES)}")
+    if mode == "strict":
+        return _strict_answer(text)
+    for boxed in reversed(_BOXED.findall(text)):
+        number = _last_number(boxed)  # \boxed{\$18 \text{ dollars}} -> "18"; LaTeX fractions are not evaluated
+        if number is not None:
+            return number
+    strict = _strict_answer(text)
+    return strict if strict is not None else _last_number(text)
+
+
+def _as_fraction(value: str | None) -> Fraction | None:
+    number = _clean(value) if isinstance(value, str) else None
+    return Fraction(number) if number is not None else None
+
+
+def numbers_equal(a: str | None, b: str | None) -> bool:
+    """Exact numeric equality of two answers ("18" == "18.00", ".5" == "0.5"); None or a non-number equals nothing.
+
+    Exact rationals, not floats: 9007199254740993 and 9007199254740992 are the same float but different answers.
+    """
+    x, y = _as_fraction(a), _as_fraction(b)
+    return x is not None and y is not None and x == y
+
+
+def gold_answer(answer: str | int) -> str:
+    """A dataset's gold answer (`worked steps ... #### N`, or a bare number) -> the cleaned number N."""
+    if isinstance(answer, int) and not isinstance(answer, bool):
+        return str(answer)  # a local jsonl/parquet may store the answer column as integers
+    if isinstance(answer, str):
+        number = _strict_answer(answer) if "####" in answer else _clean(answer)
+        if number is not None:
+            return number
+    raise RewardError(f"gold answer {answer!r} has no number: expected GSM8K's '... #### N' or a bare number; "
+                      "check the dataset's answer column")
+
+
+def completion_text(completion: str | list[dict[str, Any]]) -> str:
+    """A completion as plain text: a string as is, or TRL's conversational form (a list of message dicts) -> the
+    content of the last assistant message (of the last message when none says role=assistant)."""
+    if isinstance(completion, str):
+        return completion
+    if isinstance(completion, list) and completion and all(isinstance(m, dict) for m in completion):
+        assistant = [m for m in completion if m.get("role") == "assistant"] or completion
+        content = assistant[-1].get("content") or ""
+        if isinstance(content, list):  # multimodal chat format: [{"type": "text", "text": ...}, ...]
+            content = "".join(part.get("text", "") for part in content if isinstance(part, dict))
+        if isinstance(content, str):
+            return content
+    raise RewardError(f"cannot read a completion of type {type(completion).__name__}: {completion!r:.200}; "
+                      "pass a string or a non-empty list of {'role': ..., 'content': ...} messages")
+
+
+def _check_answers(completions: Sequence, answer: Sequence | None, source: str) -> None:
+    if isinstance(answer, str):
+        raise RewardError(f"{source}: answer must be a list of gold answers (one per completion), got one string")
+    if answer is None or len(answer) != len(completions):
+        got = "no answer column" if answer is None else f"{len(answer)} gold answers"
+        raise RewardError(f"{source}: {len(completions)} completions but {got}; pass the dataset's answer "
+                          "column repeated once per completion")
+
+
+def gsm8k_reward(prompts: Sequence, completions: Sequence, answer: Sequence[str], mode: str = "flexible",
+                 **kwargs: Any) -> list[float]:
+    """1.0 where the completion's answer (extracted in `mode`) equals the gold answer numerically, else 0.0."""
+    _check_answers(completions, answer, "gsm8k_reward")
+    return [float(numbers_equal(extract_answer(completion_text(c), mode), gold_answer(a)))
+            for c, a in zip(completions, answer)]
+
+
+def strict_gsm8k_reward(prompts: Sequence, completions: Sequence, answer: Sequence[str], **kwargs: Any) -> list[float]:
+    """gsm8k_reward counting only answers given in the `#### N` format."""
+    _check_answers(completions, answer, "strict_gsm8k_reward")
+    return gsm8k_reward(prompts, completions, answer, mode="strict")
+
+
+def format_reward(prompts: Sequence, completions: Sequence, **kwargs: Any) -> list[float]:
+    """1.0 where the completion states its answer as `#### N`, else 0.0: optional shaping towards the format that
+    strict scoring needs, whatever the number's correctness."""
+    if "answer" in kwargs:  # not needed here, but a length mismatch means the caller's rows are misaligned
+        _check_answers(completions, kwargs["answer"], "format_reward")
+    return [float(extract_answer(completion_text(c), "strict") is not None) for c in completions]
+
+
+# Registry keys are the names recipes use (`rewards: [gsm8k, format]`); TRL logs each by its function __name__.
+REWARD_FUNCTIONS: dict[str, Callable[..., list[float | None]]] = {
+    "gsm8k": gsm8k_reward,
+    "gsm8k_strict": strict_gsm8k_reward,
+    "format": format_reward,
+}
+
+
+def get_reward_function(name: str) -> Callable[..., list[float | None]]:
+    """The registered reward function called `name`; an unknown name raises RewardError listing the valid ones."""
+    if name in REWARD_FUNCTIONS:
+        return REWARD_FUNCTIONS[name]
+    close = difflib.get_close_matches(str(name), list(REWARD_FUNCTIONS), n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    raise RewardError(f"unknown reward function {name!r}{hint}; valid names: {', '.join(REWARD_FUNCTIONS)}")
