@@ -1,0 +1,314 @@
+"""The batched perturbed forward: every population member in one forward pass, no member's W ever built.
+
+DESIGN.md §1: a target layer computes, for a batch row that belongs to member i,
+
+    y = x Wᵀ + x V Uᵀ + s_i (σ/√r) (x B_i) A_iᵀ
+
+The base matmul x Wᵀ is shared by all rows; the adapter (U Vᵀ, fp32 master values, §3) and the member's
+rank-r noise are two thin batched matmuls on top. `attach_eggroll` swaps a model's target nn.Linear modules
+for `EggrollLinear` wrappers that share one `Population`; the generation engine says which member each batch
+row belongs to with `population.set_rows(member_ids)` and the model is otherwise used as usual (KV cache and all).
+
+Cost model (DESIGN.md §2 asks for ≥ 0.9× the tokens/s of plain generation): per layer and token, the extra work
+is two bmm's of width R + r. The noise is drawn and cast to the compute dtype once per step, and each layer
+gathers its per-row factors once per `set_rows`, not once per decoded token.
+
+    population = Population(population_size=8, sigma=1e-3, rank=1)
+    layers = attach_eggroll(model, population)           # q,k,v,o,gate,up,down of every block
+    with population.perturb(step, member_ids):           # member id of each batch row
+        logits = model(input_ids).logits
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .noise import PopulationError, layer_noise, member_pairs, noise_seed, num_pairs
+
+
+class TargetModulesError(ValueError):
+    """target_modules / adapter_rank that select nothing or cannot be built; the message lists what exists."""
+
+
+class Population:
+    """Shared state of all wrapped layers: the ES hyper-parameters, the current step and each batch row's member.
+
+    `rows` is None outside population generation: the model then runs with its adapter only (evaluation, export
+    checks). The hyper-parameters are fixed at construction; build a new Population to change them.
+    """
+
+    def __init__(self, population_size: int, sigma: float, rank: int = 1, antithetic: bool = True,
+                 seed: int = 0, noise_reuse: int = 1, step: int = 0):
+        if sigma <= 0:
+            raise PopulationError(f"sigma must be > 0 (the paper uses ~1e-3 on real LLMs), got {sigma}")
+        if rank < 1:
+            raise PopulationError(f"rank (of the noise A_i B_iᵀ) must be >= 1, got {rank}")
+        if noise_reuse < 1:
+            raise PopulationError(f"noise_reuse must be >= 1 (1 = fresh noise every step), got {noise_reuse}")
+        self.num_pairs = num_pairs(population_size, antithetic)  # validates population_size and antithetic
+        self.population_size, self.sigma, self.rank = population_size, float(sigma), rank
+        self.antithetic, self.seed, self.noise_reuse = antithetic, seed, noise_reuse
+        self.pairs, self.signs = member_pairs(population_size, antithetic)  # [N] int64, [N] fp32
+        self.version = 0  # bumped whenever the noise or the rows change; layers key their gathered factors on it
+        self._step, self._rows = step, None
+        self._noise: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._row_factors: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    @property
+    def step(self) -> int:
+        return self._step
+
+    @step.setter
+    def step(self, step: int) -> None:
+        self.set_step(step)
+
+    @property
+    def rows(self) -> torch.Tensor | None:
+        """Member id of each batch row ([batch] int64, CPU), or None for the adapter-only model."""
+        return self._rows
+
+    @rows.setter
+    def rows(self, member_ids) -> None:
+        self.set_rows(member_ids)
+
+    def set_step(self, step: int) -> None:
+        """Move to `step`; the cached noise is dropped once the key (step // noise_reuse) changes."""
+        if step // self.noise_reuse != self._step // self.noise_reuse:
+            self._noise.clear()
+            self._bump()
+        self._step = step
+
+    def set_rows(self, member_ids: Sequence[int] | torch.Tensor | None) -> None:
+        """Say which member each batch row belongs to (None: no perturbation); call again when the rows change."""
+        if member_ids is None:
+            self._rows = None
+        else:
+            rows = torch.as_tensor(member_ids, dtype=torch.long).cpu()
+            if rows.dim() != 1 or rows.numel() == 0:
+                raise PopulationError(f"member_ids must be a non-empty 1-D list (one id per batch row), "
+                                      f"got shape {tuple(rows.shape)}")
+            if int(rows.min()) < 0 or int(rows.max()) >= self.population_size:
+                raise PopulationError(f"member ids must lie in [0, {self.population_size}), got "
+                                      f"{int(rows.min())}..{int(rows.max())}; ids index the population")
+            self._rows = rows
+        self._bump()
+
+    @contextmanager
+    def perturb(self, step: int, member_ids: Sequence[int] | torch.Tensor) -> Iterator[Population]:
+        """Run the enclosed forwards as the population at `step`; rows are reset to None on exit."""
+        self.set_step(step)
+        self.set_rows(member_ids)
+        try:
+            yield self
+        finally:
+            self.set_rows(None)
+
+    def noise(self, layer_index: int, m: int, n: int, device: torch.device | str,
+              dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
+        """(A [P, m, r], B [P, n, r]) of one layer at the current step, cast to `dtype`; cached for this step."""
+        key = (layer_index, m, n, torch.device(device), dtype)
+        if key not in self._noise:
+            seed_int = noise_seed(self.seed, self._step, self.noise_reuse, layer_index)
+            A, B = layer_noise(seed_int, self.num_pairs, m, n, self.rank, device)
+            self._noise[key] = (A.to(dtype), B.to(dtype))
+        return self._noise[key]
+
+    def row_factors(self, device: torch.device | str) -> tuple[torch.Tensor, torch.Tensor]:
+        """(pair index [batch] int64, scale s_i σ/√r [batch] fp32) of each batch row, on `device`."""
+        if self._rows is None:
+            raise PopulationError("no rows set: call population.set_rows(member_ids) before a perturbed forward")
+        device = torch.device(device)
+        if device not in self._row_factors:
+            scales = self.signs[self._rows] * (self.sigma / math.sqrt(self.rank))
+            self._row_factors[device] = (self.pairs[self._rows].to(device), scales.to(device))
+        return self._row_factors[device]
+
+    def _bump(self) -> None:
+        self.version += 1
+        self._row_factors.clear()
+
+
+_NO_ROWS = ((), None)  # empty cache entry of EggrollLinear._rows_cache
+
+
+class EggrollLinear(nn.Module):
+    """A frozen nn.Linear plus an fp32 adapter (U Vᵀ, or a dense delta) plus each row's member noise."""
+
+    def __init__(self, base: nn.Linear, layer_index: int, population: Population, adapter_rank: int | str = 1):
+        super().__init__()
+        self.base, self.layer_index, self.population = base, layer_index, population
+        self._full = adapter_rank == "full"
+        m, n, device = base.out_features, base.in_features, base.weight.device
+        # fp32 master values whatever the model's dtype (DESIGN.md §3); buffers, so they land in state_dict.
+        # Never inference tensors (even when attached under inference_mode): `_adapter` keys on their _version.
+        with torch.inference_mode(False):
+            if self._full:
+                self.register_buffer("delta", torch.zeros(m, n, device=device))                  # [m, n]
+            else:
+                self.register_buffer("lora_U", torch.zeros(m, adapter_rank, device=device))      # [m, R]
+                self.register_buffer("lora_V", torch.zeros(n, adapter_rank, device=device))      # [n, R]
+        self._adapter_cache: tuple[tuple, tuple[torch.Tensor, ...] | None] = ((), None)
+        self._rows_cache: tuple[tuple, tuple[torch.Tensor, torch.Tensor] | None] = _NO_ROWS
+
+    @property
+    def adapter_rank(self) -> int | str:
+        return "full" if self._full else self.lora_U.shape[1]
+
+    # Model code sometimes reads these off a projection (e.g. `q_proj.weight.dtype`), so mirror nn.Linear's.
+    @property
+    def weight(self) -> torch.Tensor:
+        return self.base.weight
+
+    @property
+    def bias(self) -> torch.Tensor | None:
+        return self.base.bias
+
+    @property
+    def in_features(self) -> int:
+        return self.base.in_features
+
+    @property
+    def out_features(self) -> int:
+        return self.base.out_features
+
+    def _apply(self, fn, recurse: bool = True):
+        """`model.to(bfloat16)` / `.half()` cast the base weights but keep the adapter's fp32 masters (DESIGN.md §3)."""
+        masters = dict(self._buffers)
+        super()._apply(fn, recurse)
+        for key, master in masters.items():
+            moved = self._buffers[key]
+            if moved is not None and moved.dtype != master.dtype:
+                self._buffers[key] = master.to(moved.device)
+        return self
+
+    def delta_weight(self) -> torch.Tensor:
+        """The adapter's ΔW [m, n] in fp32: U Vᵀ, or the dense delta."""
+        return self.delta if self._full else self.lora_U @ self.lora_V.T
+
+    def extra_repr(self) -> str:
+        return f"layer_index={self.layer_index}, adapter_rank={self.adapter_rank}"
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.base(x)                                   # x: [batch, seq, n] or [batch, n] -> y: [.., m]
+        adapter = self._adapter(x.dtype, x.device)
+        rows = self.population.rows
+        if adapter is not None and (self._full or rows is None):
+            y = y + (F.linear(x, adapter[0]) if self._full else F.linear(F.linear(x, adapter[0]), adapter[1]))
+        if rows is None:
+            if self._rows_cache[0]:  # outside population generation: let the gathered factors go
+                self._rows_cache = _NO_ROWS
+            return y
+        left_t, right = self._gathered(x.dtype, x.device, None if self._full else adapter)
+        batch, m, n = x.shape[0], y.shape[-1], x.shape[-1]
+        if left_t.shape[0] != batch:
+            raise PopulationError(f"{left_t.shape[0]} member ids set but the batch has {batch} rows; call "
+                                  "population.set_rows with one member id per batch row whenever the batch changes")
+        # x: [batch, seq, n] @ left [batch, n, k] -> [batch, seq, k] @ right [batch, k, m], added to y [batch, seq, m]
+        xb = torch.bmm(x.reshape(batch, -1, n), left_t.transpose(1, 2))
+        return torch.baddbmm(y.reshape(batch, -1, m), xb, right).view(y.shape)
+
+    def _adapter(self, dtype: torch.dtype, device: torch.device) -> tuple[torch.Tensor, ...] | None:
+        """The adapter in the compute dtype: (delta [m, n],) or (Vᵀ [R, n], U [m, R]); None while it is zero.
+
+        Recast only when a master tensor changed: in-place updates (the fold's copy_, load_state_dict) bump a
+        tensor's `_version`, and `.to()` / reassignment give a new tensor, so the key catches both without hooks.
+        This runs for every layer and token, hence the plain tuple key.
+        """
+        buffers = self._buffers
+        masters = (buffers["delta"],) if self._full else (buffers["lora_V"], buffers["lora_U"])
+        key = (dtype, device) + tuple(v for t in masters for v in (id(t), t._version))
+        if self._adapter_cache[0] != key:
+            nonzero = all(bool(t.any()) for t in masters)  # one host sync per adapter change, none per token
+            cast = tuple(t.to(device=device, dtype=dtype) for t in masters) if nonzero else None
+            if cast is not None and not self._full:
+                cast = (cast[0].T.contiguous(), cast[1])
+            self._adapter_cache = (key, cast)
+        return self._adapter_cache[1]
+
+    def _gathered(self, dtype: torch.dtype, device: torch.device,
+                  adapter: tuple[torch.Tensor, ...] | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-row factors (leftᵀ [batch, k, n], right [batch, k, m]), regathered only when rows/noise/adapter change.
+
+        Rows carry their member's noise B_i and scaled A_i; a non-zero low-rank adapter is stacked in front
+        (k = R + r), so the shared adapter and the member noise cost one pair of bmm's together. The left factor
+        is kept as [batch, k, n] (used transposed): the faster bmm layout for a thin k on CPU, equal on GPU.
+        """
+        key = (self.population.version, dtype, device, self._adapter_cache[0] if adapter is not None else None)
+        if self._rows_cache[0] != key:
+            m, n = self.base.out_features, self.base.in_features
+            A, B = self.population.noise(self.layer_index, m, n, device, dtype)   # A: [P, m, r]  B: [P, n, r]
+            pairs, scales = self.population.row_factors(device)                  # [batch], [batch]
+            left_t = B[pairs].transpose(1, 2)                                     # [batch, r, n]
+            right = (A[pairs] * scales.to(dtype)[:, None, None]).transpose(1, 2)  # [batch, r, m]
+            if adapter is not None:
+                Vt, U = adapter                                                   # [R, n], [m, R]
+                batch = pairs.shape[0]
+                left_t = torch.cat([Vt.expand(batch, -1, -1), left_t], dim=1)     # [batch, R + r, n]
+                right = torch.cat([U.T.expand(batch, -1, -1), right], dim=1)      # [batch, R + r, m]
+            self._rows_cache = (key, (left_t.contiguous(), right.contiguous()))
+        return self._rows_cache[1]
+
+
+def _in_blocks(name: str) -> bool:
+    """True for modules inside an indexed container (`model.layers.3.mlp.up_proj`): the transformer blocks."""
+    return any(part.isdigit() for part in name.split("."))
+
+
+def _matches(name: str, target_modules: list[str] | str) -> bool:
+    """PEFT's target_modules rule: a regex string must fullmatch the name; a list entry matches as a name suffix."""
+    if isinstance(target_modules, str):
+        return re.fullmatch(target_modules, name) is not None
+    return any(name == entry or name.endswith("." + entry) for entry in target_modules)
+
+
+def attach_eggroll(model: nn.Module, population: Population, target_modules: list[str] | str | None = None,
+                   adapter_rank: int | str = 1) -> dict[str, EggrollLinear]:
+    """Wrap the target nn.Linear modules of `model` in place; returns them by name in named_modules order.
+
+    That order is each layer's index in the noise key, so it must not depend on anything but the model.
+    Default targets (DESIGN.md §1): every nn.Linear inside the transformer blocks (modules under an indexed
+    container such as `model.layers.3`); the output head, embeddings and norms stay frozen. For a model without
+    an output head (not a transformers model), every nn.Linear. "all-linear" means what it means in PEFT.
+    All of the model's parameters are frozen: ES needs no gradients.
+    """
+    if adapter_rank != "full" and (isinstance(adapter_rank, bool) or not isinstance(adapter_rank, int)
+                                   or adapter_rank < 1):
+        raise TargetModulesError(f"adapter_rank must be a positive int or 'full', got {adapter_rank!r}")
+    if eggroll_layers(model):
+        raise TargetModulesError("this model already has EGGROLL layers; attach once and reuse the returned layers "
+                                 "(or find them with eggroll_layers(model))")
+    get_head = getattr(model, "get_output_embeddings", None)
+    head = get_head() if callable(get_head) else None
+    linears = [(name, module) for name, module in model.named_modules() if isinstance(module, nn.Linear)]
+    if target_modules is None:
+        chosen = [(name, module) for name, module in linears
+                  if module is not head and (_in_blocks(name) or not callable(get_head))]
+    elif target_modules == "all-linear":  # PEFT's shorthand: every linear layer but the output head
+        chosen = [(name, module) for name, module in linears if module is not head]
+    else:
+        chosen = [(name, module) for name, module in linears if _matches(name, target_modules)]
+    if not chosen:
+        suffixes = list(dict.fromkeys(name.rsplit(".", 1)[-1] for name, _ in linears))
+        raise TargetModulesError(
+            f"target_modules={target_modules!r} matches no nn.Linear in {type(model).__name__}; its linear layers "
+            f"end in: {', '.join(suffixes) or '(none)'}. Give a list of these names (matched as suffixes of the "
+            "full module name) or a regex that matches the full name, e.g. '.*\\.(q_proj|v_proj)'")
+    model.requires_grad_(False)
+    layers = {}
+    for index, (name, base) in enumerate(chosen):
+        parent, _, child = name.rpartition(".")
+        layers[name] = EggrollLinear(base, index, population, adapter_rank)
+        setattr(model.get_submodule(parent), child, layers[name])
+    return layers
+
+
+def eggroll_layers(model: nn.Module) -> dict[str, EggrollLinear]:
+    """The EggrollLinear modules of `model` by name, in named_modules order (= their layer index order)."""
+    return {name: module for name, module in model.named_modules() if isinstance(module, EggrollLinear)}
