@@ -1,0 +1,172 @@
+"""The EGGROLL trainer for causal LMs: prompts → population generation → rewards → fitness → fold → log/eval/save.
+
+DESIGN.md §1: every step, N members (antithetic pairs share low-rank noise of opposite sign) answer prompts under
+their own perturbation in ONE batched generation; TRL-style reward functions score the completions; fitness is
+centred per prompt (paper §6.3) and the fitness-weighted noise is folded into the fp32 adapters. Layout: members
+come in groups of `members_per_prompt`; each group answers the same `prompts_per_member` prompts, so fitness
+compares members on equal questions.
+
+    eggroll-llm train recipes/tiny-arith-eggroll.yaml
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import yaml
+from tqdm.auto import tqdm
+
+from .checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
+from .config import TrainConfig, to_dict
+from .data import build_prompts, load_task
+from .engine import SamplingParams, get_engine
+from .es import ESUpdater
+from .evaluate import evaluate
+from .export import export_peft_adapter
+from .fitness import check_scores, shape_fitness
+from .io import atomic_write_text
+from .models import default_device, load_model, load_tokenizer, resolve_model
+from .perturbed import Population, attach_eggroll
+from .rewards import get_reward_function
+from .runlog import MetricsLog, peak_memory_mb
+
+
+def prompt_indices(num_examples: int, step: int, count: int, seed: int) -> list[int]:
+    """The `count` training examples of `step`: consecutive slices of a fresh seeded permutation per epoch.
+
+    A pure function of (step, seed), so a resumed run sees exactly the prompts an uninterrupted one would.
+    """
+    out = []
+    for position in range(step * count, (step + 1) * count):
+        epoch, offset = divmod(position, num_examples)
+        order = torch.randperm(num_examples, generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
+        out.append(int(order[offset]))
+    return out
+
+
+def population_layout(population_size: int, members_per_prompt: int, prompts_per_member: int):
+    """Member id and prompt slot of every generated row, member-major: ([N * J], [N * J]).
+
+    Group g = members [g·M, (g+1)·M) answers prompt slots [g·J, (g+1)·J); antithetic partners (2k, 2k+1) always
+    fall in the same group because M is even.
+    """
+    members = torch.arange(population_size).repeat_interleave(prompts_per_member)
+    group = members // members_per_prompt
+    slots = group * prompts_per_member + torch.arange(prompts_per_member).repeat(population_size)
+    return members, slots
+
+
+@dataclass
+class RunState:
+    step: int = 0
+    wall_s: float = 0.0
+    completions: int = 0
+    tokens: int = 0
+
+
+def prepare_run_dir(config: TrainConfig, resume: bool) -> Path:
+    run_dir = Path(config.output_dir)
+    if (run_dir / "metrics.jsonl").exists() and not resume:
+        raise FileExistsError(f"{run_dir} already holds a run; pass --resume to continue it or choose another "
+                              "--output_dir")
+    if resume and (run_dir / "config.yaml").is_file():
+        saved = yaml.safe_load((run_dir / "config.yaml").read_text())
+        ignore = {"max_steps", "max_wall_s", "eval_every", "save_every"}
+        changed = sorted(k for k, v in to_dict(config).items() if k not in ignore and saved.get(k) != v)
+        if changed:
+            raise ValueError(f"cannot resume {run_dir} with a different recipe (changed: {', '.join(changed)}); "
+                             "resume with the recipe the run was started with")
+    atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(to_dict(config), sort_keys=False))
+    return run_dir
+
+
+def build_model(config: TrainConfig, device: str):
+    if config.model.dry_run_random_init:
+        from transformers import AutoConfig, AutoModelForCausalLM
+
+        arch = AutoConfig.from_pretrained(resolve_model(config.model.name),
+                                          trust_remote_code=config.model.trust_remote_code)
+        torch.manual_seed(config.seed)  # the random init is part of the run: fix it by the run's seed
+        return AutoModelForCausalLM.from_config(arch).to(device).eval().requires_grad_(False)
+    return load_model(config.model.name, dtype=config.model.dtype, device=device,
+                      trust_remote_code=config.model.trust_remote_code)
+
+
+def train(config: TrainConfig, *, resume: bool = False, progress: bool = True) -> Path:
+    """Run (or resume) an EGGROLL training run; returns the run directory."""
+    es, gen = config.es, config.generation
+    run_dir = prepare_run_dir(config, resume)
+    device = default_device(config.model.device)
+    tokenizer = load_tokenizer(config.model.name, trust_remote_code=config.model.trust_remote_code)
+    model = build_model(config, device)
+    population = Population(population_size=es.population_size, sigma=es.sigma, rank=es.rank,
+                            antithetic=es.antithetic, seed=config.seed, noise_reuse=es.noise_reuse)
+    layers = attach_eggroll(model, population, es.target_modules, es.adapter_rank)
+    updater = ESUpdater(layers, population, lr=es.lr, momentum=es.momentum, weight_decay=es.weight_decay)
+    engine = get_engine(gen.engine, model, tokenizer, population=population, max_batch_tokens=gen.max_batch_tokens)
+    reward_fns = [get_reward_function(name) for name in config.rewards]
+
+    data = config.data
+    train_set = load_task(data.task, data.train_split, data.data_path, seed=config.seed)
+    eval_set = load_task(data.task, data.eval_split, data.data_path, limit=data.eval_limit)
+    shared = dict(few_shot=data.few_shot, seed=config.seed, task=data.task, data_path=data.data_path)
+    train_prompts, train_answers = build_prompts(tokenizer, train_set, **shared), list(train_set["answer"])
+    eval_prompts, eval_answers = build_prompts(tokenizer, eval_set, **shared), list(eval_set["answer"])
+
+    log, state, checkpoints = MetricsLog(run_dir / "metrics.jsonl"), RunState(), list_checkpoints(run_dir)
+    if resume and checkpoints:
+        optimizer_state, saved = load_checkpoint(checkpoints[-1], layers)
+        updater.load_state_dict(optimizer_state)
+        state = RunState(**{k: saved[k] for k in RunState.__dataclass_fields__})
+        log.truncate_after(state.step)
+
+    def held_out() -> dict:
+        start = time.perf_counter()
+        result = evaluate(engine, eval_prompts, eval_answers, max_new_tokens=gen.max_new_tokens, progress=False)
+        return {"eval_accuracy": result.accuracy, "eval_strict_accuracy": result.strict_accuracy, "eval_n": result.n,
+                "eval_s": round(time.perf_counter() - start, 3)}
+
+    if state.step == 0:
+        log.log({"step": 0, "wall_s": 0.0, "completions": 0, "tokens": 0, "updates": 0, **held_out()})
+    members, slots = population_layout(es.population_size, es.members_per_prompt, es.prompts_per_member)
+    prompts_per_step = int(slots.max()) + 1
+    bar = tqdm(total=config.max_steps, initial=state.step, desc="eggroll", unit="step", disable=not progress)
+    last_eval = {}
+    while state.step < config.max_steps and (config.max_wall_s is None or state.wall_s < config.max_wall_s):
+        start = time.perf_counter()
+        chosen = prompt_indices(len(train_prompts), state.step, prompts_per_step, config.seed)
+        rows = [chosen[s] for s in slots.tolist()]               # dataset index of every (member, prompt) row
+        sampling = SamplingParams(max_new_tokens=gen.max_new_tokens, temperature=gen.temperature,
+                                  top_p=gen.top_p, seed=config.seed * 1_000_003 + state.step)
+        population.set_step(state.step)
+        completions = engine.generate([train_prompts[i] for i in rows], sampling, member_ids=members.tolist())
+        texts = [c.text for c in completions]
+        scores = sum(check_scores(fn([train_prompts[i] for i in rows], texts, answer=[train_answers[i] for i in rows]),
+                                  len(rows), fn.__name__) for fn in reward_fns)
+        # scores: [N * J] member-major -> [N, J]; slots name the prompt each score belongs to
+        fitness = shape_fitness(scores.view(es.population_size, -1), slots.view(es.population_size, -1), es.fitness)
+        update = updater.step(fitness)
+        step_s = time.perf_counter() - start
+        new_tokens = sum(c.num_tokens for c in completions)
+        state = RunState(state.step + 1, state.wall_s + step_s, state.completions + len(completions),
+                         state.tokens + new_tokens)
+        record = {"step": state.step, "wall_s": round(state.wall_s, 3), "completions": state.completions,
+                  "tokens": state.tokens, "updates": state.step, "reward_mean": float(scores.mean()), "reward_std": float(scores.std()),
+                  "update_norm": update["update_norm"], "step_s": round(step_s, 3),
+                  "tokens_per_s": round(new_tokens / step_s, 1), "peak_mem_mb": round(peak_memory_mb(device), 1)}
+        finished = state.step >= config.max_steps or (config.max_wall_s is not None and state.wall_s >= config.max_wall_s)
+        if state.step % config.eval_every == 0 or finished:
+            last_eval = held_out()
+            record.update(last_eval)
+        log.log(record)
+        if state.step % config.save_every == 0 or finished:
+            save_checkpoint(run_dir, state.step, layers, updater.state_dict(), vars(state))
+            export_peft_adapter(layers, run_dir / "adapter", resolve_model(config.model.name), overwrite=True)
+        bar.update(1)
+        bar.set_postfix(reward=f"{record['reward_mean']:.3f}", acc=f"{last_eval.get('eval_accuracy', float('nan')):.3f}",
+                        tok_s=f"{record['tokens_per_s']:.0f}")
+    bar.close()
+    return run_dir

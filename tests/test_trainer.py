@@ -1,0 +1,132 @@
+"""The EGGROLL trainer end to end on the embedded tiny model: run layout, determinism, resume, bad input."""
+
+import json
+
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+
+from eggroll_llm import rewards
+from eggroll_llm.checkpoint import list_checkpoints
+from eggroll_llm.config import load_config
+from eggroll_llm.fitness import FitnessError
+from eggroll_llm.runlog import TIMING_KEYS
+from eggroll_llm.trainer import population_layout, prompt_indices, train
+
+
+def length_reward(prompts, completions, **kw):
+    """A test reward that separates members even when none answers right: longer is better, so every short run
+    below really updates its adapter."""
+    return [len(c) / 100 for c in completions]
+
+
+@pytest.fixture(autouse=True)
+def register_length_reward(monkeypatch):
+    monkeypatch.setitem(rewards.REWARD_FUNCTIONS, "length", length_reward)
+
+
+def small_config(out, **overrides):
+    base = {"output_dir": str(out), "seed": 1, "rewards": ["gsm8k", "length"], "max_steps": 2, "eval_every": 2, "save_every": 1,
+            "data": {"eval_limit": 6}, "generation": {"max_new_tokens": 48},
+            "es": {"population_size": 4, "members_per_prompt": 2, "prompts_per_member": 4, "sigma": 0.1,
+                   "lr": 0.05, "adapter_rank": 2}}
+    for key, value in overrides.items():
+        node = base
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    return load_config(None, base)
+
+
+def untimed(path):
+    return [{k: v for k, v in r.items() if k not in TIMING_KEYS}
+            for r in map(json.loads, path.read_text().splitlines())]
+
+
+def test_prompt_indices_are_a_pure_function_of_step():
+    first = [prompt_indices(10, step, 4, seed=0) for step in range(5)]
+    assert first == [prompt_indices(10, step, 4, seed=0) for step in range(5)]
+    epoch0 = sum(first[:2], []) + first[2][:2]            # positions 0..9 are one permutation of the data
+    assert sorted(epoch0) == list(range(10))
+    assert prompt_indices(10, 0, 4, seed=1) != first[0]
+
+
+def test_population_layout_groups_antithetic_pairs():
+    members, slots = population_layout(8, 4, 3)
+    assert members.tolist() == [m for m in range(8) for _ in range(3)]
+    for k in range(0, 8, 2):  # partners answer exactly the same prompt slots
+        assert slots[members == k].tolist() == slots[members == k + 1].tolist()
+    assert sorted(set(slots.tolist())) == list(range(6))  # 2 groups x 3 prompts
+
+
+def test_run_directory_layout(tmp_path):
+    run = train(small_config(tmp_path / "run"), progress=False)
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [0, 1, 2]
+    assert {"eval_accuracy", "eval_strict_accuracy", "eval_n"} <= set(records[0]) | set(records[2])
+    for record in records[1:]:
+        assert {"wall_s", "completions", "tokens", "reward_mean", "updates", "peak_mem_mb"} <= set(record)
+    assert records[2]["completions"] == 2 * 4 * 4
+    assert yaml.safe_load((run / "config.yaml").read_text())["es"]["population_size"] == 4
+    assert [p.name for p in list_checkpoints(run)] == ["step-000001", "step-000002"]
+    assert json.loads((run / "adapter" / "adapter_config.json").read_text())["r"] == 2
+    state = load_file(str(list_checkpoints(run)[-1] / "state.safetensors"))
+    assert any(k.endswith("lora_U") and v.abs().sum() > 0 for k, v in state.items()), "the update reached the adapter"
+
+
+def test_same_seed_same_metrics(tmp_path):
+    a = train(small_config(tmp_path / "a"), progress=False)
+    b = train(small_config(tmp_path / "b"), progress=False)
+    assert untimed(a / "metrics.jsonl") == untimed(b / "metrics.jsonl")
+    c = train(small_config(tmp_path / "c", seed=2), progress=False)
+    assert untimed(a / "metrics.jsonl") != untimed(c / "metrics.jsonl")
+
+
+def test_resume_continues_exactly(tmp_path):
+    whole = train(small_config(tmp_path / "whole", max_steps=4, **{"es.momentum": 0.5}), progress=False)
+    split = tmp_path / "split"
+    train(small_config(split, max_steps=2, **{"es.momentum": 0.5}), progress=False)
+    with pytest.raises(FileExistsError, match="--resume"):
+        train(small_config(split, max_steps=4, **{"es.momentum": 0.5}), progress=False)
+    train(small_config(split, max_steps=4, **{"es.momentum": 0.5}), resume=True, progress=False)
+    ends = [load_file(str(list_checkpoints(run)[-1] / "state.safetensors")) for run in (whole, split)]
+    assert ends[0].keys() == ends[1].keys()
+    assert any(v.abs().sum() > 0 for k, v in ends[0].items() if k.endswith("lora_U"))
+    for key in ends[0]:
+        torch.testing.assert_close(ends[0][key], ends[1][key], rtol=0, atol=1e-6)
+    assert untimed(whole / "metrics.jsonl") == untimed(split / "metrics.jsonl")
+
+
+def test_resume_refuses_a_changed_recipe(tmp_path):
+    train(small_config(tmp_path / "r", max_steps=1), progress=False)
+    with pytest.raises(ValueError, match="changed: es"):
+        train(small_config(tmp_path / "r", max_steps=2, **{"es.sigma": 0.5}), resume=True, progress=False)
+
+
+def test_nan_reward_is_an_error_and_writes_no_checkpoint(tmp_path, monkeypatch):
+    def nan_reward(prompts, completions, **kw):
+        return [float("nan")] * len(completions)
+
+    monkeypatch.setitem(rewards.REWARD_FUNCTIONS, "nan", nan_reward)
+    with pytest.raises(FitnessError, match="returned nan at index 0"):
+        train(small_config(tmp_path / "nan", rewards=["nan"]), progress=False)
+    assert not list_checkpoints(tmp_path / "nan")
+
+
+def test_wrong_length_reward_is_an_error(tmp_path, monkeypatch):
+    monkeypatch.setitem(rewards.REWARD_FUNCTIONS, "short", lambda prompts, completions, **kw: [1.0])
+    with pytest.raises(FitnessError, match="returned 1 scores for 16 completions"):
+        train(small_config(tmp_path / "short", rewards=["short"]), progress=False)
+
+
+def test_target_pattern_matching_nothing(tmp_path):
+    with pytest.raises(ValueError, match="matches no nn.Linear"):
+        train(small_config(tmp_path / "t", **{"es.target_modules": ["nonexistent_proj"]}), progress=False)
+
+
+def test_max_wall_s_stops_early(tmp_path):
+    run = train(small_config(tmp_path / "w", max_steps=50, max_wall_s=1e-6), progress=False)
+    records = untimed(run / "metrics.jsonl")
+    assert records[-1]["step"] == 1 and "eval_accuracy" in records[-1]
