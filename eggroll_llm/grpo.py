@@ -1,0 +1,233 @@
+"""The GRPO baseline (DESIGN.md §6): TRL's GRPOTrainer fed EGGROLL's model, prompts, rewards, budget and evaluation.
+
+Why TRL rather than a loop of our own: a baseline is only convincing if it is the implementation people run
+(group-relative advantages, clipped policy ratio, TRL's default DAPO token-level loss). This file only wires it into
+the project's run directory so `compare` reads both methods alike. Shared with `eggroll_llm.trainer`:
+- the base model (`build_model`: the embedded tiny-arith, any local/Hub model, or a random-init dry run);
+- the prompts (`build_prompts`, already chat-templated: TRL tokenizes plain-string prompts as they are);
+- the reward functions (`get_reward_function`; TRL sums them with unit weights, as EGGROLL does; TRL's stock
+  accuracy reward would score `#### 72` as 0);
+- the completion budget (`generation.max_new_tokens`), the held-out evaluation (`evaluate`, greedy, through
+  `HFEngine` on the model being trained, at step 0 and every `eval_every` steps) and metrics.jsonl's keys.
+Different by necessity: completions are sampled (temperature > 0: GRPO explores by sampling, EGGROLL by parameter
+noise under greedy decoding) and updates are AdamW steps on policy gradients.
+
+Budget accounting counts what TRL generated, not an estimate: the reward functions are wrapped, and TRL hands them
+`completion_ids` (cut after the first EOS, EOS included — the same count as `Completion.num_tokens`).
+
+    eggroll-llm train recipes/tiny-arith-grpo.yaml
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import datasets
+import torch
+from transformers import TrainerCallback
+
+from .config import ConfigError, GRPOSection, TrainConfig
+from .data import build_prompts, load_task
+from .engine.hf import HFEngine
+from .evaluate import evaluate
+from .fitness import check_scores
+from .io import atomic_directory
+from .models import load_tokenizer
+from .rewards import get_reward_function
+from .runlog import MetricsLog, peak_memory_mb
+from .trainer import build_model, default_device, prepare_run_dir
+
+
+def check_grpo(config: TrainConfig, grpo: GRPOSection) -> None:
+    """Refuse a GRPO setting that TRL would reject or silently reshape, before any model or data is loaded."""
+    completions = grpo.prompts_per_step * grpo.num_generations
+    checks = [
+        (config.method == "grpo", f"method is {config.method!r}; train_grpo runs recipes with method: grpo"),
+        (grpo.prompts_per_step >= 1, f"grpo.prompts_per_step must be >= 1, got {grpo.prompts_per_step}"),
+        (grpo.num_generations >= 2, f"grpo.num_generations must be >= 2 (the group baseline needs two completions "
+                                    f"of a prompt), got {grpo.num_generations}"),
+        (grpo.gradient_accumulation_steps >= 1 and completions % grpo.gradient_accumulation_steps == 0,
+         f"grpo.gradient_accumulation_steps {grpo.gradient_accumulation_steps} must divide the {completions} "
+         f"completions of a step (prompts_per_step {grpo.prompts_per_step} x num_generations "
+         f"{grpo.num_generations}); choose a divisor of {completions}"),
+        (grpo.temperature > 0, f"grpo.temperature must be > 0 (GRPO needs different completions of a prompt to "
+                               f"compare), got {grpo.temperature}"),
+        (grpo.learning_rate > 0, f"grpo.learning_rate must be > 0, got {grpo.learning_rate}"),
+        (grpo.lora_rank >= 0, f"grpo.lora_rank must be >= 0 (0 = full fine-tuning), got {grpo.lora_rank}"),
+        (grpo.beta >= 0, f"grpo.beta must be >= 0, got {grpo.beta}"),
+        (config.model.dtype != "float16", "GRPO trains in float32 or bfloat16; float16 weights would need loss "
+                                          "scaling: set model.dtype to bfloat16 or float32"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise ConfigError(message)
+
+
+class RolloutTally:
+    """The reward functions, wrapped to count what TRL generated and to keep their summed scores.
+
+    TRL calls each reward function once per generation batch; the first one counts completions and tokens, every
+    one adds its scores. `take()` returns and clears what one update generated.
+    """
+
+    def __init__(self, reward_fns: list[Callable]):
+        self.reward_fns = [self._wrap(fn, index) for index, fn in enumerate(reward_fns)]
+        self._scores: list[list[torch.Tensor]] = [[] for _ in reward_fns]
+        self._tokens = 0
+
+    def _wrap(self, fn: Callable, index: int) -> Callable:
+        @functools.wraps(fn)  # TRL logs rewards/<__name__>/mean: keep the project's function names
+        def counted(prompts, completions, completion_ids, **kwargs):
+            scores = fn(prompts, completions, completion_ids=completion_ids, **kwargs)
+            self._scores[index].append(check_scores(scores, len(completions), fn.__name__))
+            if index == 0:
+                self._tokens += sum(len(ids) for ids in completion_ids)
+            return scores
+
+        return counted
+
+    def take(self) -> tuple[torch.Tensor, int]:
+        """(summed reward of every completion since the last take: [completions], their tokens), then clear."""
+        # [functions, completions] -> [completions]
+        scores = torch.stack([torch.cat(per_fn) for per_fn in self._scores]).sum(0)
+        tokens, self._tokens = self._tokens, 0
+        self._scores = [[] for _ in self._scores]
+        return scores, tokens
+
+
+@dataclass
+class Totals:
+    """Cumulative budget of a run; restored from metrics.jsonl when a run resumes."""
+
+    wall_s: float = 0.0
+    completions: int = 0
+    tokens: int = 0
+
+
+class RunLogCallback(TrainerCallback):
+    """metrics.jsonl for a TRL run with EGGROLL's keys, held-out evaluation, and the max_wall_s stop.
+
+    Training time is on_step_begin..on_step_end: generation, rewards, loss, backward and the optimizer step, as in
+    EGGROLL's `step_s`; evaluation, logging and checkpoint writing happen after it and are not counted.
+    """
+
+    def __init__(self, log: MetricsLog, tally: RolloutTally, held_out: Callable[[torch.nn.Module], dict],
+                 totals: Totals, eval_every: int, max_wall_s: float | None):
+        self.log, self.tally, self.held_out, self.totals = log, tally, held_out, totals
+        self.eval_every, self.max_wall_s = eval_every, max_wall_s
+        self._start = 0.0
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        if state.global_step == 0:  # a resumed run already holds its step-0 record
+            self.log.log({"step": 0, "wall_s": 0.0, "completions": 0, "tokens": 0, "updates": 0,
+                          **self.held_out(model)})
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        self._start = time.perf_counter()
+
+    def on_step_end(self, args, state, control, model=None, **kwargs):
+        step_s = time.perf_counter() - self._start
+        scores, tokens = self.tally.take()
+        t = self.totals
+        t.wall_s, t.completions, t.tokens = t.wall_s + step_s, t.completions + len(scores), t.tokens + tokens
+        record = {"step": state.global_step, "wall_s": round(t.wall_s, 3), "completions": t.completions,
+                  "tokens": t.tokens, "reward_mean": float(scores.mean()), "reward_std": float(scores.std()),
+                  "updates": state.global_step, "step_s": round(step_s, 3),
+                  "tokens_per_s": round(tokens / step_s, 1), "peak_mem_mb": round(peak_memory_mb(args.device), 1)}
+        out_of_time = self.max_wall_s is not None and t.wall_s >= self.max_wall_s
+        if out_of_time:  # the equal-budget stop; save so the run ends on a resumable checkpoint, as at max_steps
+            control.should_training_stop = control.should_save = True
+        if state.global_step % self.eval_every == 0 or state.global_step >= state.max_steps or out_of_time:
+            record.update(self.held_out(model))
+        self.log.log(record)
+
+
+def _restore(run_dir: Path, log: MetricsLog) -> tuple[str | None, Totals]:
+    """The latest HF Trainer checkpoint and the run's totals at its step; metrics past it are dropped."""
+    from transformers.trainer_utils import get_last_checkpoint
+
+    folder = run_dir / "checkpoints"
+    checkpoint = get_last_checkpoint(str(folder)) if folder.is_dir() else None
+    if checkpoint is None:
+        log.truncate_after(-1)  # nothing to resume from: start over with an empty log
+        return None, Totals()
+    step = json.loads((Path(checkpoint) / "trainer_state.json").read_text())["global_step"]
+    log.truncate_after(step)
+    last = log.read()[-1]
+    return checkpoint, Totals(last["wall_s"], last["completions"], last["tokens"])
+
+
+def train_grpo(config: TrainConfig, grpo: GRPOSection, *, resume: bool = False, progress: bool = True) -> Path:
+    """Run (or resume) a GRPO baseline run with TRL; returns the run directory (layout as EGGROLL's)."""
+    check_grpo(config, grpo)
+    from peft import LoraConfig, PeftModel
+    from transformers import PrinterCallback
+    from trl import GRPOConfig, GRPOTrainer
+
+    gen, data = config.generation, config.data
+    run_dir = prepare_run_dir(config, resume)
+    device = default_device(config.model.device)
+    tokenizer = load_tokenizer(config.model.name, trust_remote_code=config.model.trust_remote_code)
+    model = build_model(config, device).requires_grad_(grpo.lora_rank == 0)  # LoRA: PEFT unfreezes its own factors
+
+    train_set = load_task(data.task, data.train_split, data.data_path, seed=config.seed)
+    eval_set = load_task(data.task, data.eval_split, data.data_path, limit=data.eval_limit)
+    shared = dict(few_shot=data.few_shot, seed=config.seed, task=data.task, data_path=data.data_path)
+    prompts = datasets.Dataset.from_dict({"prompt": build_prompts(tokenizer, train_set, **shared),
+                                          "answer": list(train_set["answer"])})
+    eval_prompts, eval_answers = build_prompts(tokenizer, eval_set, **shared), list(eval_set["answer"])
+
+    def held_out(policy: torch.nn.Module) -> dict:
+        start = time.perf_counter()
+        # A PeftModel's forward hides `logits_to_keep`; its base model (LoRA layers injected, active) keeps it.
+        engine = HFEngine(policy.get_base_model() if isinstance(policy, PeftModel) else policy, tokenizer,
+                          max_batch_tokens=gen.max_batch_tokens)
+        result = evaluate(engine, eval_prompts, eval_answers, max_new_tokens=gen.max_new_tokens, progress=False)
+        return {"eval_accuracy": result.accuracy, "eval_strict_accuracy": result.strict_accuracy, "eval_n": result.n,
+                "eval_s": round(time.perf_counter() - start, 3)}
+
+    log = MetricsLog(run_dir / "metrics.jsonl")
+    checkpoint, totals = _restore(run_dir, log) if resume else (None, Totals())
+    tally = RolloutTally([get_reward_function(name) for name in config.rewards])
+    on_cpu = torch.device(device).type == "cpu"
+    completions = grpo.prompts_per_step * grpo.num_generations
+    args = GRPOConfig(
+        output_dir=str(run_dir / "checkpoints"), seed=config.seed, data_seed=config.seed, max_steps=config.max_steps,
+        # One generation batch = one update: prompts_per_step prompts x num_generations completions, split into
+        # gradient_accumulation_steps micro-batches (TRL's steps_per_generation defaults to that count).
+        per_device_train_batch_size=completions // grpo.gradient_accumulation_steps,
+        gradient_accumulation_steps=grpo.gradient_accumulation_steps, num_generations=grpo.num_generations,
+        max_completion_length=gen.max_new_tokens, temperature=grpo.temperature, top_p=gen.top_p, beta=grpo.beta,
+        learning_rate=grpo.learning_rate, lr_scheduler_type="constant",  # a wall-clock stop must not meet a decayed lr
+        gradient_checkpointing=grpo.gradient_checkpointing,
+        # TRL defaults bf16 to True; train in the model's own dtype instead (bf16 autocast only for bf16 on GPU).
+        use_cpu=on_cpu, bf16=not on_cpu and config.model.dtype == "bfloat16", fp16=False,
+        save_strategy="steps", save_steps=config.save_every, save_total_limit=2,
+        eval_strategy="no", logging_steps=config.eval_every, report_to="none",
+        disable_tqdm=not progress, dataloader_num_workers=0,
+    )
+    peft_config = None
+    if grpo.lora_rank:
+        # "all-linear" = every linear layer but the output head: EGGROLL's default targets. alpha = 2r (a common
+        # choice); with Adam the scale trades against learning_rate, so it is not a separate knob.
+        peft_config = LoraConfig(r=grpo.lora_rank, lora_alpha=2 * grpo.lora_rank, target_modules="all-linear",
+                                 task_type="CAUSAL_LM")
+    callback = RunLogCallback(log, tally, held_out, totals, config.eval_every, config.max_wall_s)
+    trainer = GRPOTrainer(model=model, reward_funcs=tally.reward_fns, args=args, train_dataset=prompts,
+                          processing_class=tokenizer, callbacks=[callback], peft_config=peft_config)
+    if not progress:
+        trainer.remove_callback(PrinterCallback)  # it prints every log dict when the progress bar is off
+    trainer.train(resume_from_checkpoint=checkpoint)
+
+    # LoRA: the PEFT adapter folder, as EGGROLL's adapter/. Full fine-tuning has no adapter: the whole model
+    # (safetensors) and its tokenizer go to model/, loadable by `eggroll-llm eval --model RUN/model`.
+    with atomic_directory(run_dir / ("adapter" if grpo.lora_rank else "model"), overwrite=True) as folder:
+        trainer.model.save_pretrained(folder)
+        if not grpo.lora_rank:
+            tokenizer.save_pretrained(folder)
+    return run_dir
