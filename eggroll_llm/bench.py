@@ -1,0 +1,204 @@
+"""`eggroll-llm bench`: throughput and memory figures for the generation engine and the ES fold.
+
+DESIGN.md §2 targets: perturbed population generation ≥ 0.9× the tokens/s of plain batched generation of the same
+shape (the paper reports 91%), and far ahead of evaluating members one by one. `bench engine` measures
+    (a) plain      — the unperturbed model generating all rows in one batched decode,
+    (b) perturbed  — the same rows, each under its member's low-rank perturbation (plus a non-zero adapter),
+    (c) naive      — each member's weights materialised into the model and its rows generated alone, in turn,
+with the ratios b/a and b/c. The default layout is the paper's: each member answers its own prompt(s), members
+grouped per prompt (antithetic partners share prompts); it is printed next to every figure.
+
+    eggroll-llm bench engine --model tiny-arith
+    eggroll-llm bench engine --arch qwen2-100m --members 32 --new-tokens 64
+    eggroll-llm bench fold --arch qwen2-100m --members 4096
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import statistics
+import time
+
+from .models import default_device
+from .runlog import peak_memory_mb
+
+# Random-init architectures for figures without downloads: Qwen2 shapes (head_dim ≥ 32, grouped KV heads).
+ARCHS = {
+    "qwen2-100m": dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
+                       num_key_value_heads=4, vocab_size=32000, tie_word_embeddings=True),
+    # Qwen2.5-0.5B's published shape (config.json of Qwen/Qwen2.5-0.5B-Instruct)
+    "qwen2-0.5b": dict(hidden_size=896, intermediate_size=4864, num_hidden_layers=24, num_attention_heads=14,
+                       num_key_value_heads=2, vocab_size=151936, tie_word_embeddings=True),
+}
+
+
+def build_bench_model(model: str | None, arch: str | None, dtype: str, device: str, seed: int):
+    """(model, tokenizer, description). Random-init archs reuse the tiny tokenizer: prompts are token ids."""
+    import torch
+
+    from .models import load_model, load_tokenizer
+
+    tokenizer = load_tokenizer("tiny-arith")
+    if arch is None:
+        return load_model(model or "tiny-arith", dtype=dtype, device=device), load_tokenizer(model or "tiny-arith"), \
+            model or "tiny-arith"
+    if arch not in ARCHS:
+        raise ValueError(f"unknown --arch {arch!r}; choose one of {', '.join(ARCHS)}")
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    torch.manual_seed(seed)  # the bench's own random init
+    config = Qwen2Config(**ARCHS[arch], max_position_embeddings=4096)
+    net = Qwen2ForCausalLM(config).to(dtype=getattr(torch, dtype), device=device).eval().requires_grad_(False)
+    return net, tokenizer, f"{arch} (random init, {sum(p.numel() for p in net.parameters()) / 1e6:.0f}M params)"
+
+
+def _timed(fn, repeats: int, device) -> tuple[float, float]:
+    """(median seconds, peak memory MB) over `repeats` runs after one warm-up."""
+    import torch
+
+    fn()
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats(device)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        if torch.device(device).type == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times), peak_memory_mb(device)
+
+
+def bench_engine(args) -> dict:
+    import torch
+
+    from .engine import SamplingParams
+    from .engine.hf import HFEngine
+    from .perturbed import Population, attach_eggroll
+    from .trainer import population_layout
+
+    device = default_device(args.device)
+    model, tokenizer, described = build_bench_model(args.model, args.arch, args.dtype, device, args.seed)
+    plain_model = copy.deepcopy(model)
+    members, slots = population_layout(args.members, args.members_per_prompt, args.prompts_per_member)
+    gen = torch.Generator().manual_seed(args.seed)
+    vocab = model.get_input_embeddings().num_embeddings
+    prompts_by_slot = torch.randint(10, vocab, (int(slots.max()) + 1, args.prompt_len), generator=gen)
+    prompts = [prompts_by_slot[s].tolist() for s in slots.tolist()]
+    sampling = SamplingParams(max_new_tokens=args.new_tokens, ignore_eos=True)
+
+    population = Population(population_size=args.members, sigma=args.sigma, rank=args.rank, seed=args.seed)
+    layers = attach_eggroll(model, population, None, args.adapter_rank)
+    for layer in layers.values():  # a trained-looking adapter, so (b) pays for it as a real run does
+        if layer.adapter_rank != "full":
+            layer.lora_U.copy_(1e-3 * torch.randn(layer.lora_U.shape, generator=gen))
+            layer.lora_V.copy_(torch.randn(layer.lora_V.shape, generator=gen))
+    plain = HFEngine(plain_model, tokenizer, max_batch_tokens=args.max_batch_tokens)
+    perturbed = HFEngine(model, tokenizer, population=population, max_batch_tokens=args.max_batch_tokens)
+    rows, tokens = len(prompts), len(prompts) * args.new_tokens
+    figures = {"model": described, "device": device, "dtype": args.dtype, "threads": torch.get_num_threads(),
+               "layout": {"members": args.members, "members_per_prompt": args.members_per_prompt,
+                          "prompts_per_member": args.prompts_per_member, "rows": rows, "distinct_prompts":
+                          prompts_by_slot.shape[0], "prompt_len": args.prompt_len, "new_tokens": args.new_tokens},
+               "rank": args.rank, "adapter_rank": args.adapter_rank}
+
+    population.set_step(0)
+    s_a, mem_a = _timed(lambda: plain.generate(prompts, sampling), args.repeats, device)
+    s_b, mem_b = _timed(lambda: perturbed.generate(prompts, sampling, member_ids=members.tolist()), args.repeats, device)
+    figures["plain"] = {"tokens_per_s": tokens / s_a, "seconds": s_a, "peak_mem_mb": mem_a}
+    figures["perturbed"] = {"tokens_per_s": tokens / s_b, "seconds": s_b, "peak_mem_mb": mem_b}
+    figures["b_over_a"] = s_a / s_b
+    if not args.skip_naive:
+        s_c, mem_c = _timed(lambda: _naive(plain_model, plain, layers, population, prompts, members, sampling),
+                            max(1, args.repeats // 2), device)
+        figures["naive"] = {"tokens_per_s": tokens / s_c, "seconds": s_c, "peak_mem_mb": mem_c}
+        figures["b_over_c"] = s_c / s_b
+    return figures
+
+
+def _naive(plain_model, engine, layers, population, prompts, members, sampling) -> None:
+    """Members one after another: W_i = W + ΔW + s_i (σ/√r) A_i B_iᵀ written into the weights, generate, restore."""
+    modules = dict(plain_model.named_modules())
+    originals = {name: modules[name].weight.detach().clone() for name in layers}
+    scale = population.sigma / population.rank ** 0.5
+    for member in range(population.population_size):
+        rows = [p for p, m in zip(prompts, members.tolist()) if m == member]
+        pair, sign = int(population.pairs[member]), float(population.signs[member])
+        for name, layer in layers.items():
+            m, n = layer.base.out_features, layer.base.in_features
+            A, B = population.noise(layer.layer_index, m, n, layer.base.weight.device)
+            weight = originals[name].float() + layer.delta_weight() + sign * scale * (A[pair] @ B[pair].T)
+            modules[name].weight.copy_(weight.to(originals[name].dtype))
+        engine.generate(rows, sampling)
+    for name, weight in originals.items():
+        modules[name].weight.copy_(weight)
+
+
+def bench_fold(args) -> dict:
+    """Seconds per ES update (regenerate noise + fold into every adapter) for a model and population size."""
+    import torch
+
+    from .es import ESUpdater
+    from .perturbed import Population, attach_eggroll
+
+    device = default_device(args.device)
+    model, _, described = build_bench_model(args.model, args.arch, args.dtype, device, args.seed)
+    population = Population(population_size=args.members, sigma=args.sigma, rank=args.rank, seed=args.seed)
+    layers = attach_eggroll(model, population, None, args.adapter_rank)
+    updater = ESUpdater(layers, population, lr=1e-3)
+    fitness = torch.randn(args.members, generator=torch.Generator().manual_seed(args.seed))
+    seconds, mem = _timed(lambda: updater.step(fitness), args.repeats, device)
+    return {"model": described, "device": device, "members": args.members, "rank": args.rank,
+            "adapter_rank": args.adapter_rank, "layers": len(layers), "fold_s_per_step": seconds, "peak_mem_mb": mem}
+
+
+def add_bench_parser(subparsers) -> None:
+    p = subparsers.add_parser("bench", help="throughput/memory benchmarks (engine, fold)", description=__doc__,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("what", choices=["engine", "fold"], help="engine: generation a/b/c; fold: ES update time")
+    p.add_argument("--model", help="model to load (default tiny-arith); ignored with --arch")
+    p.add_argument("--arch", help=f"random-init architecture instead: {', '.join(ARCHS)}")
+    p.add_argument("--members", type=int, default=32, help="population size N")
+    p.add_argument("--members-per-prompt", type=int, default=2, help="members sharing prompts (antithetic pairs: 2)")
+    p.add_argument("--prompts-per-member", type=int, default=1, help="prompts each member answers")
+    p.add_argument("--prompt-len", type=int, default=64, help="prompt tokens per row")
+    p.add_argument("--new-tokens", type=int, default=64, help="tokens generated per row (EOS ignored)")
+    p.add_argument("--sigma", type=float, default=1e-3)
+    p.add_argument("--rank", type=int, default=1, help="perturbation rank r")
+    p.add_argument("--adapter-rank", type=lambda v: v if v == "full" else int(v), default=8)
+    p.add_argument("--max-batch-tokens", type=int, default=1 << 20, help="engine micro-batch budget")
+    p.add_argument("--repeats", type=int, default=3, help="timed runs after a warm-up (median reported)")
+    p.add_argument("--skip-naive", action="store_true", help="skip (c), the slow member-by-member baseline")
+    p.add_argument("--dtype", default="float32")
+    p.add_argument("--device")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=run_bench)
+
+
+def run_bench(args) -> int:
+    if args.members < 1 or args.repeats < 1 or args.new_tokens < 1 or args.prompt_len < 1:
+        raise ValueError("--members, --repeats, --new-tokens and --prompt-len must be >= 1")
+    figures = bench_engine(args) if args.what == "engine" else bench_fold(args)
+    if args.json:
+        print(json.dumps(figures))
+        return 0
+    if args.what == "fold":
+        print(f"fold: {figures['fold_s_per_step'] * 1e3:.1f} ms/step  ({figures['model']}, N={args.members}, "
+              f"r={args.rank}, adapter rank {args.adapter_rank}, {figures['layers']} layers, {figures['device']})")
+        return 0
+    layout = figures["layout"]
+    print(f"{figures['model']} on {figures['device']} ({figures['dtype']}, {figures['threads']} threads)")
+    print(f"layout: {layout['members']} members x {layout['prompts_per_member']} prompt(s) each, "
+          f"{layout['members_per_prompt']} members per prompt -> {layout['rows']} rows, "
+          f"prompt {layout['prompt_len']} + {layout['new_tokens']} new tokens")
+    for key in ("plain", "perturbed", "naive"):
+        if key in figures:
+            f = figures[key]
+            print(f"  ({'abc'[['plain', 'perturbed', 'naive'].index(key)]}) {key:9} {f['tokens_per_s']:10.1f} tok/s"
+                  f"  {f['seconds']:.3f} s  peak {f['peak_mem_mb']:.0f} MB")
+    print(f"  b/a = {figures['b_over_a']:.3f}" + (f"   b/c = {figures['b_over_c']:.2f}" if "b_over_c" in figures else ""))
+    return 0

@@ -1,0 +1,132 @@
+"""The `eggroll-llm` command: one subcommand per job, each with --help.
+
+    eggroll-llm eval --model tiny-arith --task tiny-arith --limit 200
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from .bench import add_bench_parser
+from .compare import add_compare_parser
+from .io import atomic_write_text
+
+
+def _add_eval(subparsers) -> None:
+    p = subparsers.add_parser("eval", help="greedy accuracy of a model (and optional adapter) on a task split",
+                              description="Batched greedy generation on a held-out split; prints strict (#### N) and "
+                                          "flexible (last number) accuracy.")
+    p.add_argument("--model", default="tiny-arith", help="embedded name (tiny-arith), local folder or Hub id")
+    p.add_argument("--adapter", help="PEFT LoRA adapter folder to apply (e.g. a run's adapter/ or an export)")
+    p.add_argument("--task", default="tiny-arith", help="tiny-arith or gsm8k")
+    p.add_argument("--data", help="local jsonl/parquet file or folder (gsm8k); default: the Hub dataset openai/gsm8k")
+    p.add_argument("--split", default="test", help="dataset split (default: test)")
+    p.add_argument("--limit", type=int, help="evaluate the first N examples only")
+    p.add_argument("--few-shot", type=int, default=0, help="worked train examples shown before each question")
+    p.add_argument("--batch-size", type=int, default=64, help="prompts generated together")
+    p.add_argument("--max-new-tokens", type=int, help="default: 64 for tiny-arith, 512 for gsm8k")
+    p.add_argument("--dtype", default="float32", help="float32, bfloat16 or float16")
+    p.add_argument("--device", default=None, help="default: cuda when available, else cpu")
+    p.add_argument("--trust-remote-code", action="store_true", help="allow model code from the Hub (off by default)")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+    p.add_argument("--out", type=Path, help="write per-example JSONL (prompt, completion, extracted, gold, correct)")
+    p.set_defaults(func=_run_eval)
+
+
+def _run_eval(args) -> int:
+    from .data import build_prompts, load_task
+    from .engine.hf import HFEngine
+    from .evaluate import DEFAULT_MAX_NEW_TOKENS, evaluate
+    from .models import default_device, load_model, load_tokenizer
+
+    if args.limit is not None and args.limit < 1:
+        raise ValueError(f"--limit must be >= 1, got {args.limit}")
+    if args.batch_size < 1:
+        raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
+    dataset = load_task(args.task, args.split, args.data, limit=args.limit)
+    tokenizer = load_tokenizer(args.model, trust_remote_code=args.trust_remote_code)
+    model = load_model(args.model, dtype=args.dtype, device=default_device(args.device), adapter=args.adapter,
+                       trust_remote_code=args.trust_remote_code)
+    prompts = build_prompts(tokenizer, dataset, few_shot=args.few_shot, task=args.task, data_path=args.data)
+    max_new_tokens = args.max_new_tokens or DEFAULT_MAX_NEW_TOKENS.get(args.task, 256)
+    result = evaluate(HFEngine(model, tokenizer), prompts, list(dataset["answer"]), max_new_tokens=max_new_tokens,
+                      batch_size=args.batch_size, progress=not args.json)
+    if args.out:
+        atomic_write_text(args.out, "".join(json.dumps(r) + "\n" for r in result.records))
+    summary = {"model": args.model, "adapter": args.adapter, "task": args.task, "split": args.split,
+               **result.summary()}
+    if args.json:
+        print(json.dumps(summary))
+    else:
+        print(f"{args.task}/{args.split}: accuracy {result.accuracy:.4f} (flexible), "
+              f"strict {result.strict_accuracy:.4f}, n={result.n}")
+    return 0
+
+
+def _add_train(subparsers) -> None:
+    p = subparsers.add_parser("train", help="run a recipe (method: eggroll or grpo) and write a run directory",
+                              description="Train from a YAML recipe. Any recipe key can be overridden: "
+                                          "--es.sigma 0.002 --output_dir runs/x. `eggroll-llm train --list-keys` "
+                                          "prints every key with its default and help.")
+    p.add_argument("recipe", nargs="?", type=Path, help="recipe YAML (see recipes/)")
+    p.add_argument("--resume", action="store_true", help="continue from the run directory's latest checkpoint")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar (logs still go to metrics.jsonl)")
+    p.add_argument("--list-keys", action="store_true", help="print every recipe key with its default and help")
+    p.set_defaults(func=_run_train)
+
+
+def _run_train(args) -> int:
+    from .config import describe, load_config
+
+    if args.list_keys:
+        for key, text, default in describe():
+            print(f"{key:32} {default!r:>16}  {text}")
+        return 0
+    if args.recipe is None:
+        raise ValueError("train needs a recipe YAML, e.g. eggroll-llm train recipes/tiny-arith-eggroll.yaml")
+    config = load_config(args.recipe, args.overrides)
+    if config.method == "grpo":
+        from .grpo import train_grpo
+
+        run_dir = train_grpo(config, config.grpo, resume=args.resume, progress=not args.no_progress)
+        print(f"run written to {run_dir} (metrics.jsonl, checkpoints/, "
+              f"{'adapter/' if config.grpo.lora_rank else 'model/'})")
+        return 0
+    from .trainer import train
+
+    run_dir = train(config, resume=args.resume, progress=not args.no_progress)
+    print(f"run written to {run_dir} (metrics.jsonl, checkpoints/, adapter/)")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="eggroll-llm", description="EGGROLL fine-tuning of causal LMs, and GRPO "
+                                     "baselines to compare against.")
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_eval(subparsers)
+    _add_train(subparsers)
+    add_compare_parser(subparsers)
+    add_bench_parser(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args, extra = build_parser().parse_known_args(argv)
+    if extra and args.command != "train":
+        build_parser().parse_args(argv)  # argparse's own error for unknown options
+    args.overrides = extra
+    try:
+        return args.func(args)
+    except (ValueError, OSError) as err:  # our input errors are ValueError subclasses; OSError for files
+        if os.environ.get("EGGROLL_DEBUG"):
+            raise
+        print(f"eggroll-llm {args.command}: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
