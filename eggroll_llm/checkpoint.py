@@ -35,7 +35,8 @@ def load_adapter_state(layers: dict[str, EggrollLinear], state: dict[str, torch.
             buffer.copy_(state[full])
 
 
-def save_checkpoint(run_dir: Path, step: int, layers, optimizer_state: dict, trainer_state: dict, keep: int = 2) -> Path:
+def save_checkpoint(run_dir: Path, step: int, layers, optimizer_state: dict, trainer_state: dict,
+                    keep: int = 2) -> Path:
     root = Path(run_dir) / "checkpoints"
     target = root / f"step-{step:06d}"
     with atomic_directory(target, overwrite=True) as tmp:

@@ -13,7 +13,9 @@ from pathlib import Path
 
 from .bench import add_bench_parser
 from .compare import add_compare_parser
+from .export import add_export_parser
 from .io import atomic_write_text
+from .push import add_push_parser
 
 
 def _add_eval(subparsers) -> None:
@@ -111,6 +113,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train(subparsers)
     add_compare_parser(subparsers)
     add_bench_parser(subparsers)
+    add_export_parser(subparsers)
+    add_push_parser(subparsers)
     return parser
 
 

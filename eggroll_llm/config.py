@@ -36,6 +36,8 @@ class ModelConfig:
     trust_remote_code: bool = _help("allow model code from the Hub (off unless you ask)", False)
     dry_run_random_init: bool = _help("build a random-init model of the same architecture from the config "
                                       "(no weights needed; for smoke tests)", False)
+    adapter: str | None = _help("PEFT LoRA adapter (folder or Hub id) to start from: lora_B·scaling and lora_Aᵀ "
+                                "become U and V (eggroll only; on --resume the checkpoint's adapter is used)", None)
 
 
 @dataclass
@@ -214,7 +216,8 @@ def validate(config: TrainConfig) -> None:
         (es.members_per_prompt >= 1 and es.population_size % es.members_per_prompt == 0,
          f"es.members_per_prompt {es.members_per_prompt} must divide es.population_size {es.population_size}"),
         (not es.antithetic or es.members_per_prompt % 2 == 0,
-         "es.members_per_prompt must be even with antithetic sampling (both members of a pair answer the same prompts)"),
+         "es.members_per_prompt must be even with antithetic sampling (both members of a pair answer the same "
+         "prompts)"),
         (es.prompts_per_member >= 1, f"es.prompts_per_member must be >= 1, got {es.prompts_per_member}"),
         (0 <= es.momentum < 1, f"es.momentum must be in [0, 1), got {es.momentum}"),
         (config.data.eval_limit >= 1, f"data.eval_limit must be >= 1, got {config.data.eval_limit}"),

@@ -6,6 +6,7 @@ every accuracy in a comparison is measured the same way.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 
 from tqdm.auto import tqdm
@@ -54,3 +55,11 @@ def evaluate(engine, prompts: list[str], answers: list[str], *, max_new_tokens: 
     return EvalResult(accuracy=sum(r["correct"] for r in records) / n,
                       strict_accuracy=sum(r["strict_correct"] for r in records) / n,
                       n=n, tokens=tokens, records=records)
+
+
+def held_out_metrics(engine, prompts: list[str], answers: list[str], *, max_new_tokens: int) -> dict:
+    """The eval_* keys of a metrics.jsonl record (DESIGN.md §7), the same for EGGROLL and GRPO runs."""
+    start = time.perf_counter()
+    result = evaluate(engine, prompts, answers, max_new_tokens=max_new_tokens, progress=False)
+    return {"eval_accuracy": result.accuracy, "eval_strict_accuracy": result.strict_accuracy, "eval_n": result.n,
+            "eval_s": round(time.perf_counter() - start, 3)}

@@ -34,7 +34,7 @@ from transformers import TrainerCallback
 from .config import ConfigError, GRPOSection, TrainConfig
 from .data import build_prompts, load_task
 from .engine.hf import HFEngine
-from .evaluate import evaluate
+from .evaluate import held_out_metrics
 from .fitness import check_scores
 from .io import atomic_directory
 from .models import load_tokenizer
@@ -183,13 +183,10 @@ def train_grpo(config: TrainConfig, grpo: GRPOSection, *, resume: bool = False, 
     eval_prompts, eval_answers = build_prompts(tokenizer, eval_set, **shared), list(eval_set["answer"])
 
     def held_out(policy: torch.nn.Module) -> dict:
-        start = time.perf_counter()
         # A PeftModel's forward hides `logits_to_keep`; its base model (LoRA layers injected, active) keeps it.
         engine = HFEngine(policy.get_base_model() if isinstance(policy, PeftModel) else policy, tokenizer,
                           max_batch_tokens=gen.max_batch_tokens)
-        result = evaluate(engine, eval_prompts, eval_answers, max_new_tokens=gen.max_new_tokens, progress=False)
-        return {"eval_accuracy": result.accuracy, "eval_strict_accuracy": result.strict_accuracy, "eval_n": result.n,
-                "eval_s": round(time.perf_counter() - start, 3)}
+        return held_out_metrics(engine, eval_prompts, eval_answers, max_new_tokens=gen.max_new_tokens)
 
     log = MetricsLog(run_dir / "metrics.jsonl")
     checkpoint, totals = _restore(run_dir, log) if resume else (None, Totals())

@@ -51,6 +51,8 @@ def atomic_directory(path: str | Path, *, overwrite: bool = False):
     os.chmod(tmp, _default_mode() | 0o111)  # a folder needs x to be entered
     try:
         yield tmp
+        for item in tmp.rglob("*"):  # libraries (safetensors, mkstemp) create 0600 files; give them plain modes
+            os.chmod(item, _default_mode() | (0o111 if item.is_dir() else 0))
         if path.exists():
             old = path.with_name(f".{path.name}.old")
             shutil.rmtree(old, ignore_errors=True)

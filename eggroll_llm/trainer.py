@@ -24,8 +24,8 @@ from .config import TrainConfig, to_dict
 from .data import build_prompts, load_task
 from .engine import SamplingParams, get_engine
 from .es import ESUpdater
-from .evaluate import evaluate
-from .export import export_peft_adapter
+from .evaluate import held_out_metrics
+from .export import base_model_id, export_peft_adapter, load_peft_adapter
 from .fitness import check_scores, shape_fitness
 from .io import atomic_write_text
 from .models import default_device, load_model, load_tokenizer, resolve_model
@@ -122,12 +122,11 @@ def train(config: TrainConfig, *, resume: bool = False, progress: bool = True) -
         updater.load_state_dict(optimizer_state)
         state = RunState(**{k: saved[k] for k in RunState.__dataclass_fields__})
         log.truncate_after(state.step)
+    elif config.model.adapter is not None:  # a fresh run continues from an existing adapter (DESIGN.md §3)
+        load_peft_adapter(layers, config.model.adapter)
 
     def held_out() -> dict:
-        start = time.perf_counter()
-        result = evaluate(engine, eval_prompts, eval_answers, max_new_tokens=gen.max_new_tokens, progress=False)
-        return {"eval_accuracy": result.accuracy, "eval_strict_accuracy": result.strict_accuracy, "eval_n": result.n,
-                "eval_s": round(time.perf_counter() - start, 3)}
+        return held_out_metrics(engine, eval_prompts, eval_answers, max_new_tokens=gen.max_new_tokens)
 
     if state.step == 0:
         log.log({"step": 0, "wall_s": 0.0, "completions": 0, "tokens": 0, "updates": 0, **held_out()})
@@ -154,19 +153,22 @@ def train(config: TrainConfig, *, resume: bool = False, progress: bool = True) -
         state = RunState(state.step + 1, state.wall_s + step_s, state.completions + len(completions),
                          state.tokens + new_tokens)
         record = {"step": state.step, "wall_s": round(state.wall_s, 3), "completions": state.completions,
-                  "tokens": state.tokens, "updates": state.step, "reward_mean": float(scores.mean()), "reward_std": float(scores.std()),
+                  "tokens": state.tokens, "updates": state.step, "reward_mean": float(scores.mean()),
+                  "reward_std": float(scores.std()),
                   "update_norm": update["update_norm"], "step_s": round(step_s, 3),
                   "tokens_per_s": round(new_tokens / step_s, 1), "peak_mem_mb": round(peak_memory_mb(device), 1)}
-        finished = state.step >= config.max_steps or (config.max_wall_s is not None and state.wall_s >= config.max_wall_s)
+        out_of_time = config.max_wall_s is not None and state.wall_s >= config.max_wall_s
+        finished = state.step >= config.max_steps or out_of_time
         if state.step % config.eval_every == 0 or finished:
             last_eval = held_out()
             record.update(last_eval)
         log.log(record)
         if state.step % config.save_every == 0 or finished:
             save_checkpoint(run_dir, state.step, layers, updater.state_dict(), vars(state))
-            export_peft_adapter(layers, run_dir / "adapter", resolve_model(config.model.name), overwrite=True)
+            export_peft_adapter(layers, run_dir / "adapter", base_model_id(config.model.name), overwrite=True)
         bar.update(1)
-        bar.set_postfix(reward=f"{record['reward_mean']:.3f}", acc=f"{last_eval.get('eval_accuracy', float('nan')):.3f}",
+        accuracy = last_eval.get("eval_accuracy", float("nan"))
+        bar.set_postfix(reward=f"{record['reward_mean']:.3f}", acc=f"{accuracy:.3f}",
                         tok_s=f"{record['tokens_per_s']:.0f}")
     bar.close()
     return run_dir

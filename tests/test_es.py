@@ -273,7 +273,7 @@ def test_openai_es_perturbs_the_same_layers_as_eggroll():
     eggroll = EggrollES(mlp(), population_size=4, sigma=0.1, lr=0.1, target_modules=targets)
     openai = OpenAIES(mlp(), population_size=4, sigma=0.1, lr=0.1, target_modules=targets)
     assert list(openai.layers) == list(eggroll.layers) == targets
-    assert [l.layer_index for l in openai.layers.values()] == [l.layer_index for l in eggroll.layers.values()]
+    assert [m.layer_index for m in openai.layers.values()] == [m.layer_index for m in eggroll.layers.values()]
     assert isinstance(openai.model[0], nn.Linear)  # untargeted layers stay plain
 
 

@@ -6,8 +6,15 @@ import statistics
 import pytest
 import torch
 
-from eggroll_llm.fitness import (FITNESS_METHODS, FitnessError, antithetic_coefficients, centered_rank_fitness,
-                                 check_scores, group_centered_fitness, shape_fitness)
+from eggroll_llm.fitness import (
+    FITNESS_METHODS,
+    FitnessError,
+    antithetic_coefficients,
+    centered_rank_fitness,
+    check_scores,
+    group_centered_fitness,
+    shape_fitness,
+)
 
 
 def _random_grid(seed: int, members: int = 8, slots: int = 3, prompts: int = 4):

@@ -123,7 +123,10 @@ def test_lora_run_writes_config_checkpoints_and_a_trained_adapter(lora_run):
 def test_same_seed_gives_the_same_run(lora_run, model_name, data_dir, tmp_path):
     """TRL seeds sampling and LoRA init from the run's seed; on CPU two runs must agree but for timings."""
     again = train_grpo(make_config(model_name, data_dir, tmp_path / "again"), section(lora_rank=4), progress=False)
-    strip = lambda records: [{k: v for k, v in r.items() if k not in TIMING_KEYS} for r in records if r["step"] <= 2]
+
+    def strip(records):
+        return [{k: v for k, v in r.items() if k not in TIMING_KEYS} for r in records if r["step"] <= 2]
+
     assert strip(MetricsLog(again / "metrics.jsonl").read()) == strip(MetricsLog(lora_run / "metrics.jsonl").read())
 
 

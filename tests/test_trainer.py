@@ -27,7 +27,8 @@ def register_length_reward(monkeypatch):
 
 
 def small_config(out, **overrides):
-    base = {"output_dir": str(out), "seed": 1, "rewards": ["gsm8k", "length"], "max_steps": 2, "eval_every": 2, "save_every": 1,
+    base = {"output_dir": str(out), "seed": 1, "rewards": ["gsm8k", "length"], "max_steps": 2, "eval_every": 2,
+            "save_every": 1,
             "data": {"eval_limit": 6}, "generation": {"max_new_tokens": 48},
             "es": {"population_size": 4, "members_per_prompt": 2, "prompts_per_member": 4, "sigma": 0.1,
                    "lr": 0.05, "adapter_rank": 2}}

@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Reproduces the README's tiny-arith comparison: EGGROLL vs GRPO on the embedded model at an equal 10-minute
+# training wall-clock each (max_wall_s: 600 in both recipes), then the comparison report.
+#   bash evals/tiny_arith_compare.sh [RUNS_DIR]      (about 25 minutes on a 2-core CPU)
+# Writes RUNS_DIR/{eggroll,grpo}, evals/results/tiny-arith-compare/ (report.md, PNGs, summary.json) and
+# evals/results/tiny-arith-compare.json (summary + machine).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+runs=${1:-runs/compare-$(date +%Y%m%d-%H%M%S)}
+eggroll-llm train recipes/tiny-arith-eggroll.yaml --output_dir "$runs/eggroll" --no-progress
+eggroll-llm train recipes/tiny-arith-grpo.yaml --output_dir "$runs/grpo" --no-progress
+eggroll-llm compare "$runs/eggroll" "$runs/grpo" --labels eggroll,grpo --out evals/results/tiny-arith-compare
+python - "$runs" <<'PY'
+import json, os, platform, sys
+import torch
+summary = json.load(open("evals/results/tiny-arith-compare/summary.json"))
+summary["machine"] = {"platform": platform.platform(), "processor": platform.processor(), "cpus": os.cpu_count(),
+                      "torch": torch.__version__, "threads": torch.get_num_threads()}
+summary["runs_dir"] = sys.argv[1]
+json.dump(summary, open("evals/results/tiny-arith-compare.json", "w"), indent=2)
+PY

@@ -1,0 +1,73 @@
+"""The `eggroll-llm` command: the shipped model's recorded accuracy, --json/--out, and one-line errors on bad input."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from eggroll_llm.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+RECORDED = json.loads((ROOT / "evals" / "results" / "tiny-arith-base.json").read_text())
+
+
+def run(capsys, *argv):
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_eval_reproduces_the_recorded_accuracy(capsys, tmp_path):
+    subset = RECORDED["subset"]
+    code, out, _ = run(capsys, "eval", "--model", "tiny-arith", "--task", "tiny-arith", "--split", subset["split"],
+                       "--limit", str(subset["limit"]), "--json", "--out", str(tmp_path / "records.jsonl"))
+    assert code == 0
+    result = json.loads(out)
+    assert result["n"] == subset["limit"]
+    assert result["accuracy"] == pytest.approx(subset["accuracy"], abs=1e-9)
+    assert result["strict_accuracy"] == pytest.approx(subset["strict_accuracy"], abs=1e-9)
+    records = [json.loads(line) for line in (tmp_path / "records.jsonl").read_text().splitlines()]
+    assert len(records) == result["n"]
+    assert {"prompt", "completion", "extracted", "gold", "correct"} <= set(records[0])
+    assert sum(r["correct"] for r in records) / len(records) == pytest.approx(result["accuracy"])
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["eval", "--limit", "0"], "--limit must be >= 1"),
+    (["eval", "--task", "gsm9k"], "gsm9k"),
+    (["eval", "--model", "tiny-arithm"], "unknown model"),
+    (["eval", "--task", "gsm8k", "--data", "/nonexistent/gsm8k.jsonl"], "nonexistent"),
+    (["train", "/nonexistent/recipe.yaml"], "does not exist"),
+    (["train", "recipes/tiny-arith-eggroll.yaml", "--es.sigm", "0.1"], "did you mean es.sigma"),
+    (["compare", "/nonexistent/run"], "not a run directory"),
+])
+def test_bad_input_is_one_clear_line(capsys, monkeypatch, argv, needle):
+    monkeypatch.chdir(ROOT)
+    code, out, err = run(capsys, *argv)
+    assert code == 2
+    assert needle in err and err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_not_a_causal_lm(capsys, tmp_path):
+    from transformers import BertConfig
+
+    BertConfig(vocab_size=50, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+               intermediate_size=64).save_pretrained(tmp_path / "bert")
+    (tmp_path / "bert" / "tokenizer_config.json").write_text("{}")
+    code, _, err = run(capsys, "eval", "--model", str(tmp_path / "bert"), "--limit", "1")
+    assert code == 2 and "error" in err
+
+
+def test_malformed_jsonl_names_the_line(capsys, tmp_path):
+    data = tmp_path / "bad.jsonl"
+    data.write_text('{"question": "q", "answer": "#### 1"}\n{not json}\n')
+    code, _, err = run(capsys, "eval", "--task", "gsm8k", "--data", str(data), "--limit", "1")
+    assert code == 2 and "bad.jsonl:2: not valid JSON" in err
+
+
+def test_every_command_has_help(capsys):
+    for command in ("eval", "train", "compare", "bench"):
+        with pytest.raises(SystemExit) as exit_info:
+            main([command, "--help"])
+        assert exit_info.value.code == 0
+        assert "usage: eggroll-llm " + command in capsys.readouterr().out

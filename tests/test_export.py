@@ -1,0 +1,332 @@
+"""Export to PEFT / vLLM / the Hub and back: a short EGGROLL run of the embedded tiny model, exported, reloaded with
+PEFT, plain transformers and `load_peft_adapter`, must give the trained model's logits; bad input leaves nothing."""
+
+import argparse
+import json
+import shutil
+
+import pytest
+import torch
+from huggingface_hub import HfApi, ModelCard
+from safetensors.torch import load_file, save_file
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from eggroll_llm import cli, push, rewards
+from eggroll_llm.checkpoint import list_checkpoints, load_checkpoint
+from eggroll_llm.config import load_config, to_dict
+from eggroll_llm.data import build_prompts, load_task
+from eggroll_llm.engine.hf import HFEngine
+from eggroll_llm.evaluate import DEFAULT_MAX_NEW_TOKENS, evaluate
+from eggroll_llm.export import (
+    VLLM_LORA_RANKS,
+    ExportError,
+    add_export_parser,
+    default_export_rank,
+    export_run,
+    load_peft_adapter,
+    lowrank_truncate,
+)
+from eggroll_llm.models import EMBEDDED_MODELS, load_model, load_tokenizer
+from eggroll_llm.perturbed import Population, attach_eggroll
+from eggroll_llm.push import PushError, add_push_parser
+from eggroll_llm.trainer import train
+
+INPUT_IDS = torch.randint(3, 384, (2, 16), generator=torch.Generator().manual_seed(0))
+
+
+def length_reward(prompts, completions, **kw):
+    """Longer is better: separates members even when none answers right, so 2 steps give a non-zero adapter."""
+    return [len(c) / 100 for c in completions]
+
+
+def run_config(out, **es):
+    es = {"population_size": 4, "members_per_prompt": 2, "prompts_per_member": 4, "sigma": 0.1, "lr": 0.05,
+          "adapter_rank": 2, **es}
+    return load_config(None, {"output_dir": str(out), "seed": 1, "rewards": ["gsm8k", "length"], "max_steps": 2,
+                              "eval_every": 2, "save_every": 2, "data": {"eval_limit": 6},
+                              "generation": {"max_new_tokens": 48}, "es": es})
+
+
+def run_of(tmp_path_factory, name, **es):
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setitem(rewards.REWARD_FUNCTIONS, "length", length_reward)
+        return train(run_config(tmp_path_factory.mktemp(name) / "run", **es), progress=False)
+
+
+@pytest.fixture(scope="module")
+def lowrank_run(tmp_path_factory):
+    return run_of(tmp_path_factory, "lowrank")
+
+
+@pytest.fixture(scope="module")
+def exported(lowrank_run, tmp_path_factory):
+    return export_run(lowrank_run, tmp_path_factory.mktemp("export") / "out", merged=True)
+
+
+def fresh_layers(run, adapter_rank):
+    config = load_config(run / "config.yaml")
+    model = load_model("tiny-arith")
+    layers = attach_eggroll(model, Population(config.es.population_size, config.es.sigma, seed=config.seed),
+                            adapter_rank=adapter_rank)
+    return model, layers
+
+
+def trained_model(run):
+    """The trained model as the run holds it: EggrollLinear layers with the checkpoint's adapter, rows None."""
+    model, layers = fresh_layers(run, load_config(run / "config.yaml").es.adapter_rank)
+    load_checkpoint(list_checkpoints(run)[-1], layers)
+    return model, layers
+
+
+def logits(model):
+    with torch.no_grad():
+        return model(INPUT_IDS).logits
+
+
+def test_export_folder_is_a_vllm_ready_peft_adapter(exported, lowrank_run):
+    out = exported["out"]
+    config = json.loads(open(f"{out}/adapter_config.json").read())
+    assert config["r"] == 8 and config["r"] in VLLM_LORA_RANKS, "rank 2 is padded to vLLM's next rank"
+    assert config["lora_alpha"] == config["r"] and config["bias"] == "none" and not config["use_dora"]
+    assert config["base_model_name_or_path"] == str(EMBEDDED_MODELS["tiny-arith"].resolve())
+    tensors = load_file(f"{out}/adapter_model.safetensors")
+    assert len(tensors) == 2 * exported["modules"] == 2 * 28
+    assert all(k.startswith("base_model.model.model.layers.") and k.endswith((".lora_A.weight", ".lora_B.weight"))
+               for k in tensors)
+    assert exported["energy_kept"] == 1.0  # zero padding loses nothing
+    card = ModelCard.load(f"{out}/README.md")
+    assert card.data.license == "apache-2.0" and card.data.library_name == "peft"
+    assert {"eggroll", "evolution-strategies", "tiny-arith"} <= set(card.data.tags)
+    records = map(json.loads, (lowrank_run / "metrics.jsonl").read_text().splitlines())
+    evals = [r for r in records if "eval_accuracy" in r]
+    assert f"| final | {evals[-1]['step']} | {evals[-1]['eval_accuracy']:.4f} |" in card.text
+    assert "population_size: 4" in card.text and "adapter_rank: 2" in card.text
+
+
+def test_peft_round_trip_reproduces_the_trained_logits(exported, lowrank_run):
+    from peft import PeftModel
+
+    trained = logits(trained_model(lowrank_run)[0])
+    base = load_model("tiny-arith")
+    assert (logits(base) - trained).abs().max() > 1e-3, "the run must have moved the model for this test to bite"
+    loaded = PeftModel.from_pretrained(base, exported["out"]).eval()
+    torch.testing.assert_close(logits(loaded), trained, rtol=0, atol=1e-5)
+
+
+def test_merged_export_matches_with_plain_transformers(exported, lowrank_run):
+    trained = logits(trained_model(lowrank_run)[0])
+    merged = AutoModelForCausalLM.from_pretrained(exported["merged"]).eval()
+    assert all(type(m).__module__.startswith(("transformers", "torch")) for m in merged.modules())
+    torch.testing.assert_close(logits(merged), trained, rtol=0, atol=1e-5)
+    text = "Q: 12 + 30 = ?"
+    assert AutoTokenizer.from_pretrained(exported["merged"])(text).input_ids == \
+        load_tokenizer("tiny-arith")(text).input_ids
+    assert ModelCard.load(f"{exported['merged']}/README.md").data.library_name == "transformers"
+
+
+def test_cli_eval_of_the_export_matches_direct_evaluation(exported, lowrank_run, capsys):
+    assert cli.main(["eval", "--adapter", exported["out"], "--json", "--limit", "20"]) == 0
+    via_cli = json.loads(capsys.readouterr().out)
+    tokenizer = load_tokenizer("tiny-arith")
+    dataset = load_task("tiny-arith", "test", limit=20)
+    prompts = build_prompts(tokenizer, dataset, task="tiny-arith")
+    direct = evaluate(HFEngine(trained_model(lowrank_run)[0], tokenizer), prompts, list(dataset["answer"]),
+                      max_new_tokens=DEFAULT_MAX_NEW_TOKENS["tiny-arith"], progress=False)
+    assert via_cli["n"] == direct.n == 20
+    assert (via_cli["accuracy"], via_cli["strict_accuracy"], via_cli["tokens"]) == \
+        (direct.accuracy, direct.strict_accuracy, direct.tokens)
+
+
+@pytest.mark.parametrize("adapter_rank", [2, 4, "full"])
+def test_continuing_from_the_export_starts_at_the_exported_model(exported, lowrank_run, adapter_rank):
+    trained = logits(trained_model(lowrank_run)[0])
+    model, layers = fresh_layers(lowrank_run, adapter_rank)
+    summary = load_peft_adapter(layers, exported["out"])
+    assert summary["modules"] == 28 and summary["rank"] == 2, "the export's zero padding is dropped again"
+    torch.testing.assert_close(logits(model), trained, rtol=0, atol=1e-5)
+
+
+def test_an_adapter_above_the_run_rank_is_refused_and_changes_nothing(exported, lowrank_run):
+    model, layers = fresh_layers(lowrank_run, 1)
+    before = logits(model)
+    with pytest.raises(ExportError, match="rank 2 at .*above es.adapter_rank 1; set es.adapter_rank to at least 2"):
+        load_peft_adapter(layers, exported["out"])
+    torch.testing.assert_close(logits(model), before, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("edit, message", [
+    ({"bias": "all"}, "trains biases"),
+    ({"use_dora": True}, "DoRA"),
+    ({"modules_to_save": ["lm_head"]}, "saves whole modules"),
+])
+def test_adapters_without_a_u_v_form_are_refused(exported, lowrank_run, tmp_path, edit, message):
+    folder = shutil.copytree(exported["out"], tmp_path / "adapter", ignore=shutil.ignore_patterns("merged"))
+    config = json.loads((folder / "adapter_config.json").read_text())
+    (folder / "adapter_config.json").write_text(json.dumps({**config, **edit}))
+    with pytest.raises(ExportError, match=message):
+        load_peft_adapter(fresh_layers(lowrank_run, 8)[1], folder)
+
+
+def test_an_adapter_of_other_modules_is_refused_by_name(exported, lowrank_run, tmp_path):
+    folder = shutil.copytree(exported["out"], tmp_path / "adapter", ignore=shutil.ignore_patterns("merged"))
+    tensors = load_file(str(folder / "adapter_model.safetensors"))
+    save_file({k.replace("layers.0.self_attn.q_proj", "layers.0.self_attn.x_proj"): v for k, v in tensors.items()},
+              str(folder / "adapter_model.safetensors"))
+    with pytest.raises(ExportError, match="targets modules this run does not: model.layers.0.self_attn.x_proj"):
+        load_peft_adapter(fresh_layers(lowrank_run, 8)[1], folder)
+
+
+def test_rslora_scaling_is_applied(exported, lowrank_run, tmp_path):
+    folder = shutil.copytree(exported["out"], tmp_path / "adapter", ignore=shutil.ignore_patterns("merged"))
+    config = json.loads((folder / "adapter_config.json").read_text())
+    (folder / "adapter_config.json").write_text(json.dumps({**config, "use_rslora": True}))
+    _, plain = fresh_layers(lowrank_run, "full")
+    _, scaled = fresh_layers(lowrank_run, "full")
+    load_peft_adapter(plain, exported["out"])
+    load_peft_adapter(scaled, folder)
+    name = next(iter(plain))  # r = alpha = 8: scaling 1 becomes 8 / √8 = √8
+    torch.testing.assert_close(scaled[name].delta, plain[name].delta * 8 ** 0.5)
+
+
+def test_full_rank_run_exports_a_truncated_svd_with_its_energy(tmp_path_factory, tmp_path):
+    from peft import PeftModel
+
+    run = run_of(tmp_path_factory, "full", adapter_rank="full", population_size=16, prompts_per_member=1)
+    model, layers = trained_model(run)
+    result = export_run(run, tmp_path / "out", rank=8)
+    energies = []
+    with torch.no_grad():  # the reference: each delta replaced by its best rank-8 approximation, computed here
+        for layer in layers.values():
+            U, S, Vh = torch.linalg.svd(layer.delta)
+            energies.append(float(S[:8].pow(2).sum() / S.pow(2).sum()))
+            layer.delta.copy_(U[:, :8] * S[:8] @ Vh[:8])
+    assert 0 < result["energy_kept"] < 1, "16 members x 2 steps give deltas of rank > 8"
+    assert result["energy_kept"] == pytest.approx(min(energies), abs=1e-5)
+    loaded = PeftModel.from_pretrained(load_model("tiny-arith"), str(tmp_path / "out")).eval()
+    torch.testing.assert_close(logits(loaded), logits(model), rtol=0, atol=1e-5)
+    assert default_export_rank(layers) == 64  # no --rank: 64, capped by the smallest layer (k/v_proj: 64 × 128)
+
+
+def test_lowrank_truncate_is_the_best_approximation():
+    generator = torch.Generator().manual_seed(0)
+    U, V = torch.randn(30, 6, generator=generator), torch.randn(20, 6, generator=generator)
+    Ut, Vt, energy = lowrank_truncate(U, V, 2)
+    left, S, right = torch.linalg.svd(U @ V.T)
+    torch.testing.assert_close(Ut @ Vt.T, left[:, :2] * S[:2] @ right[:2], rtol=0, atol=1e-4)
+    assert energy == pytest.approx(float(S[:2].pow(2).sum() / S.pow(2).sum()), rel=1e-5)
+    torch.testing.assert_close(Ut.norm(dim=0), Vt.norm(dim=0))  # singular values split evenly
+
+
+def test_runs_without_an_adapter_are_refused(lowrank_run, tmp_path):
+    with pytest.raises(ExportError, match="not a run directory .no config.yaml"):
+        export_run(tmp_path, tmp_path / "out")
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    shutil.copy(lowrank_run / "config.yaml", bare / "config.yaml")
+    with pytest.raises(ExportError, match=r"has no checkpoint .*train \(or --resume\)"):
+        export_run(bare, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("rank, message", [(3, "not one vLLM accepts .1, 8, 16, 32, 64, 128, 256, 320, 512"),
+                                           (128, r"above min\(m, n\) = 64 of .*k_proj.*pass --rank 64 or lower")])
+def test_bad_ranks_are_refused(lowrank_run, tmp_path, rank, message):
+    with pytest.raises(ExportError, match=message):
+        export_run(lowrank_run, tmp_path / "out", rank=rank)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_an_error_mid_export_leaves_nothing_behind(lowrank_run, tmp_path, monkeypatch):
+    def broken(model, layers):
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr("eggroll_llm.export.merge_into_base", broken)  # fails after the adapter files are written
+    with pytest.raises(RuntimeError, match="disk full"):
+        export_run(lowrank_run, tmp_path / "out", merged=True)
+    assert list(tmp_path.iterdir()) == [], "neither the folder nor its temporary twin is left"
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "keep.txt").write_text("mine")
+    with pytest.raises(RuntimeError, match="disk full"):
+        export_run(lowrank_run, tmp_path / "out", merged=True, force=True)
+    assert list(tmp_path.iterdir()) == [tmp_path / "out"] and (tmp_path / "out" / "keep.txt").read_text() == "mine"
+
+
+def test_an_existing_out_needs_force(lowrank_run, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    parser = argparse.ArgumentParser()
+    add_export_parser(parser.add_subparsers())
+    args = parser.parse_args(["export", str(lowrank_run), "--out", str(out), "--rank", "1"])
+    with pytest.raises(FileExistsError, match="pass --force"):
+        args.func(args)
+    assert (out / "keep.txt").read_text() == "mine"
+    with pytest.raises(ExportError, match="holds the run .* which --force would delete"):
+        export_run(lowrank_run, lowrank_run.parent, force=True)
+    assert list_checkpoints(lowrank_run)
+    args.force = True
+    assert args.func(args) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["README.md", "adapter_config.json", "adapter_model.safetensors"]
+    assert json.loads((out / "adapter_config.json").read_text())["r"] == 1
+
+
+@pytest.fixture
+def hub_calls(monkeypatch):
+    """Fake HfApi uploads: records each call and the token it was made with; nothing touches the network."""
+    calls = []
+    for method in ("create_repo", "create_branch", "upload_folder"):
+        def record(self, *args, _method=method, **kwargs):
+            calls.append((_method, self.token, args, kwargs))
+            return f"https://huggingface.co/{args[0] if args else kwargs['repo_id']}"
+        monkeypatch.setattr(HfApi, method, record)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(push, "get_token", lambda: "hf_secret_never_shown")
+    return calls
+
+
+def push_cli(*argv):
+    parser = argparse.ArgumentParser()
+    add_push_parser(parser.add_subparsers())
+    args = parser.parse_args(["push", *map(str, argv)])
+    return args.func(args)
+
+
+def test_push_uploads_an_export_without_showing_the_token(exported, hub_calls, capsys):
+    assert push_cli(exported["out"], "--repo-id", "me/tiny-eggroll", "--private", "--revision", "v1") == 0
+    assert [c[0] for c in hub_calls] == ["create_repo", "create_branch", "upload_folder"]
+    assert all(token == "hf_secret_never_shown" for _, token, _, _ in hub_calls)
+    assert hub_calls[0][3]["private"] is True and hub_calls[1][3]["branch"] == "v1"
+    assert hub_calls[2][3]["folder_path"] == exported["out"] and hub_calls[2][3]["revision"] == "v1"
+    assert push_cli(exported["merged"], "--repo-id", "me/tiny-eggroll-merged") == 0  # a merged model folder is too
+    printed = capsys.readouterr()
+    assert "me/tiny-eggroll" in printed.out and "hf_secret" not in printed.out + printed.err
+
+
+@pytest.mark.parametrize("problem, message", [("no token", "no Hugging Face token found.*hf auth login"),
+                                              ("offline", "HF_HUB_OFFLINE is set"),
+                                              ("not an export", "not an export.*eggroll-llm export")])
+def test_push_refusals_name_the_fix_and_call_nothing(exported, hub_calls, monkeypatch, tmp_path, problem, message):
+    folder = exported["out"]
+    if problem == "no token":
+        monkeypatch.setattr(push, "get_token", lambda: None)
+    elif problem == "offline":
+        monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    else:
+        folder = tmp_path
+        (tmp_path / "notes.txt").write_text("not a model")
+    with pytest.raises(PushError, match=message):
+        push_cli(folder, "--repo-id", "me/tiny-eggroll")
+    assert hub_calls == []
+
+
+def test_a_run_started_from_the_export_evaluates_as_the_exported_model(exported, lowrank_run, tmp_path,
+                                                                        monkeypatch):
+    monkeypatch.setitem(rewards.REWARD_FUNCTIONS, "length", length_reward)
+    config = to_dict(load_config(lowrank_run / "config.yaml"))
+    config["output_dir"], config["model"]["adapter"] = str(tmp_path / "continued"), exported["out"]
+    run = train(load_config(None, config), progress=False)
+    first = json.loads((run / "metrics.jsonl").read_text().splitlines()[0])
+    records = map(json.loads, (lowrank_run / "metrics.jsonl").read_text().splitlines())
+    last = [r for r in records if "eval_accuracy" in r][-1]
+    assert (first["eval_accuracy"], first["eval_strict_accuracy"]) == (last["eval_accuracy"],
+                                                                       last["eval_strict_accuracy"])
