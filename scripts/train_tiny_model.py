@@ -106,7 +106,8 @@ def main() -> None:
     tokenizer = build_tokenizer([r["question"] + "\n" + r["answer"] for r in train_rows], args.vocab_size)
     config = Qwen2Config(
         vocab_size=len(tokenizer), hidden_size=args.hidden, intermediate_size=3 * args.hidden,
-        num_hidden_layers=args.layers, num_attention_heads=args.hidden // 32, num_key_value_heads=max(1, args.hidden // 64),
+        num_hidden_layers=args.layers, num_attention_heads=args.hidden // 32,
+        num_key_value_heads=max(1, args.hidden // 64),
         head_dim=32, max_position_embeddings=512, tie_word_embeddings=True, rope_theta=10000.0,
         bos_token_id=None, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
     )
@@ -134,7 +135,8 @@ def main() -> None:
             print(f"step {step}/{args.steps}  loss {loss.item():.4f}  {time.time() - start:.0f}s", flush=True)
 
     test_rows = tiny_arith.make_split("test", args.eval_examples, seed=0)
-    print(f"greedy accuracy on {len(test_rows)} tiny-arith test problems: {greedy_accuracy(model, tokenizer, test_rows):.3f}")
+    accuracy = greedy_accuracy(model, tokenizer, test_rows)
+    print(f"greedy accuracy on {len(test_rows)} tiny-arith test problems: {accuracy:.3f}")
     args.out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(args.out, safe_serialization=True)
     tokenizer.save_pretrained(args.out)
