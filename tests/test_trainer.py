@@ -131,3 +131,14 @@ def test_max_wall_s_stops_early(tmp_path):
     run = train(small_config(tmp_path / "w", max_steps=50, max_wall_s=1e-6), progress=False)
     records = untimed(run / "metrics.jsonl")
     assert records[-1]["step"] == 1 and "eval_accuracy" in records[-1]
+
+
+def test_es_raises_a_toy_reward(tmp_path):
+    """Learning sanity on a reward ES can climb in a few steps (longer completions): the mean reward of the last
+    steps beats the first ones. A sign error in the fold or a member/row mix-up makes this fail."""
+    config = small_config(tmp_path / "toy", rewards=["length"], max_steps=16, eval_every=100, save_every=100,
+                          **{"es.population_size": 16, "es.members_per_prompt": 16, "es.prompts_per_member": 4,
+                             "es.sigma": 0.01, "es.lr": 0.3, "es.adapter_rank": 4})
+    run = train(config, progress=False)
+    reward = [r["reward_mean"] for r in untimed(run / "metrics.jsonl")[1:]]
+    assert sum(reward[-4:]) / 4 > sum(reward[:4]) / 4 + 0.05
