@@ -122,8 +122,10 @@ def train(config: TrainConfig, *, resume: bool = False, progress: bool = True) -
         updater.load_state_dict(optimizer_state)
         state = RunState(**{k: saved[k] for k in RunState.__dataclass_fields__})
         log.truncate_after(state.step)
-    elif config.model.adapter is not None:  # a fresh run continues from an existing adapter (DESIGN.md §3)
-        load_peft_adapter(layers, config.model.adapter)
+    else:
+        log.truncate_after(-1)  # a fresh start (or a resume before the first checkpoint) begins an empty log
+        if config.model.adapter is not None:  # continue from an existing adapter (DESIGN.md §3)
+            load_peft_adapter(layers, config.model.adapter)
 
     def held_out() -> dict:
         return held_out_metrics(engine, eval_prompts, eval_answers, max_new_tokens=gen.max_new_tokens)
@@ -141,10 +143,11 @@ def train(config: TrainConfig, *, resume: bool = False, progress: bool = True) -
         sampling = SamplingParams(max_new_tokens=gen.max_new_tokens, temperature=gen.temperature,
                                   top_p=gen.top_p, seed=config.seed * 1_000_003 + state.step)
         population.set_step(state.step)
-        completions = engine.generate([train_prompts[i] for i in rows], sampling, member_ids=members.tolist())
+        row_prompts = [train_prompts[i] for i in rows]
+        completions = engine.generate(row_prompts, sampling, member_ids=members.tolist())
         texts = [c.text for c in completions]
-        scores = sum(check_scores(fn([train_prompts[i] for i in rows], texts, answer=[train_answers[i] for i in rows]),
-                                  len(rows), fn.__name__) for fn in reward_fns)
+        scores = sum(check_scores(fn(row_prompts, texts, answer=[train_answers[i] for i in rows]), len(rows),
+                                  fn.__name__) for fn in reward_fns)
         # scores: [N * J] member-major -> [N, J]; slots name the prompt each score belongs to
         fitness = shape_fitness(scores.view(es.population_size, -1), slots.view(es.population_size, -1), es.fitness)
         update = updater.step(fitness)
