@@ -34,6 +34,15 @@ class ESUpdater:
         self.lr, self.momentum, self.weight_decay = lr, momentum, weight_decay
         self.velocity: dict[str, tuple[torch.Tensor, ...]] = {}  # momentum buffers, same shape as each adapter
 
+    def checked(self, fitness: torch.Tensor) -> torch.Tensor:
+        """fp32 CPU fitness of shape [N], finite: one NaN would silently corrupt every adapter."""
+        fitness = fitness.to(torch.float32).cpu()
+        if fitness.shape != (self.population.population_size,):
+            raise ValueError(f"fitness has shape {tuple(fitness.shape)}, expected ({self.population.population_size},)")
+        if not bool(torch.isfinite(fitness).all()):
+            raise ValueError("fitness contains NaN or inf; check the reward function and the fitness shaping")
+        return fitness
+
     def layer_noise(self, layer: EggrollLinear) -> tuple[torch.Tensor, torch.Tensor]:
         """The fp32 factors every member of this step used on `layer`, regenerated from their key."""
         pop = self.population
@@ -45,9 +54,7 @@ class ESUpdater:
     def step(self, fitness: torch.Tensor) -> dict[str, float]:
         """Fold the ES step for the population's current step into every adapter; returns update statistics."""
         pop = self.population
-        fitness = fitness.to(torch.float32).cpu()
-        if fitness.shape != (pop.population_size,):
-            raise ValueError(f"fitness has shape {tuple(fitness.shape)}, expected ({pop.population_size},)")
+        fitness = self.checked(fitness)
         coeffs = es_step_coefficients(fitness, pop.pairs.cpu(), pop.signs.cpu(), pop.num_pairs, pop.population_size,
                                       pop.rank, 1.0)  # coefficients of g itself; lr applied below
         sq_norm = 0.0

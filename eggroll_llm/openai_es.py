@@ -23,12 +23,10 @@ along the sequence axis, because the gathered noise costs rows·m·n.
 
 from __future__ import annotations
 
-from typing import Callable
-
 import torch
 from torch import nn
 
-from .es import ESUpdater
+from .es import EggrollES, ESUpdater
 from .fitness import antithetic_coefficients
 from .noise import PopulationError, noise_seed
 from .perturbed import EggrollLinear, Population, attach_eggroll
@@ -98,9 +96,7 @@ class DenseESUpdater(ESUpdater):
     @torch.no_grad()
     def step(self, fitness: torch.Tensor) -> dict[str, float]:
         pop = self.population
-        fitness = fitness.to(torch.float32).cpu()
-        if fitness.shape != (pop.population_size,):
-            raise ValueError(f"fitness has shape {tuple(fitness.shape)}, expected ({pop.population_size},)")
+        fitness = self.checked(fitness)
         coeffs = antithetic_coefficients(fitness, pop.pairs, pop.signs, pop.num_pairs) / pop.population_size  # [P]
         keep = 1.0 - self.lr * self.weight_decay
         sq_norm = 0.0
@@ -116,8 +112,9 @@ class DenseESUpdater(ESUpdater):
         return {"update_norm": sq_norm ** 0.5, "fitness_std": float(fitness.std()) if fitness.numel() > 1 else 0.0}
 
 
-class OpenAIES:
-    """OpenAI-ES on any nn.Module built from nn.Linear; same constructor keywords and ask/tell API as EggrollES.
+class OpenAIES(EggrollES):
+    """OpenAI-ES on any nn.Module built from nn.Linear; same constructor keywords and ask/tell API as EggrollES
+    (evaluate/tell are inherited; only the layers and the updater differ).
 
     `score_population(model, population) -> Tensor[N]` runs the whole population in one batched forward after
     `population.set_rows(member_id_of_each_row)`, exactly as for EggrollES.
@@ -130,6 +127,7 @@ class OpenAIES:
             raise ValueError(f"momentum must lie in [0, 1), got {momentum}")
         if weight_decay < 0 or lr * weight_decay > 1:
             raise ValueError(f"weight_decay must be >= 0 with lr * weight_decay <= 1, got {weight_decay} (lr {lr})")
+        # EggrollES.__init__ is deliberately not called: dense-noise layers and updater replace its low-rank ones.
         self.model = model
         # rank 1 makes Population's row scale s_i σ/√r equal to s_i σ; the rank is otherwise unused here.
         self.population = Population(population_size=population_size, sigma=sigma, rank=1, antithetic=antithetic,
@@ -144,14 +142,3 @@ class OpenAIES:
         self.updater = DenseESUpdater(self.layers, self.population, lr=lr, momentum=momentum,
                                       weight_decay=weight_decay)
 
-    def evaluate(self, step: int, score_population: Callable[[nn.Module, Population], torch.Tensor]) -> torch.Tensor:
-        """Fitness of every member at `step` (rows are reset to the unperturbed model afterwards)."""
-        self.population.set_step(step)
-        try:
-            with torch.no_grad():
-                return score_population(self.model, self.population)
-        finally:
-            self.population.set_rows(None)
-
-    def tell(self, fitness: torch.Tensor) -> dict[str, float]:
-        return self.updater.step(fitness)
