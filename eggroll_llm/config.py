@@ -123,6 +123,11 @@ def _check_type(value, annotation, key: str):
             return None
         if option is float and isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
+        if option is float and isinstance(value, str):  # YAML 1.1 reads 2e-5 (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
         if option is int and isinstance(value, int) and not isinstance(value, bool):
             return value
         if option in (str, bool) and type(value) is option:

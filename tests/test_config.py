@@ -29,6 +29,15 @@ def test_overrides_nested_and_typed(tmp_path):
     assert config.es.population_size == TrainConfig().es.population_size  # untouched keys keep their defaults
 
 
+def test_exponent_floats_without_a_dot(tmp_path):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("es:\n  lr: 3e-4\n")  # YAML 1.1 would read this as a string
+    config = load_config(recipe, ["--grpo.learning_rate", "2e-5"])
+    assert (config.es.lr, config.grpo.learning_rate) == (3e-4, 2e-5)
+    with pytest.raises(ConfigError, match="es.sigma must be float"):
+        load_config(None, ["--es.sigma", "small"])
+
+
 def test_override_beats_recipe(tmp_path):
     recipe = tmp_path / "r.yaml"
     recipe.write_text("seed: 3\nes:\n  sigma: 0.5\n  lr: 0.2\n")
