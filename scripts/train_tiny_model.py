@@ -7,7 +7,7 @@ on tiny-arith train problems, prompt formatted exactly as `eggroll-llm eval` and
 Why stop early: the model must leave headroom (greedy accuracy of roughly 15-60% on the test split) so that
 fine-tuning visibly helps; `--steps` is the knob, and the script prints the test accuracy it reached.
 
-Reproducible from `--seed` on CPU. Run (about 10 minutes on 2 cores):
+Reproducible from `--seed` on CPU with the defaults (1 thread; about 15 minutes on one core). Run:
     python scripts/train_tiny_model.py --out eggroll_llm/assets/tiny-arith
 """
 
@@ -89,7 +89,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, required=True, help="folder to write the model and tokenizer to")
     parser.add_argument("--seed", type=int, default=0, help="fixes data, init and batch order")
-    parser.add_argument("--steps", type=int, default=1500, help="optimizer steps (the accuracy knob)")
+    parser.add_argument("--steps", type=int, default=750, help="optimizer steps (the accuracy knob; 750 -> the "
+                        "shipped model, 39.0%% on the test split)")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--lr", type=float, default=3e-3, help="peak AdamW learning rate (cosine decay)")
     parser.add_argument("--train-examples", type=int, default=20000)
