@@ -40,10 +40,9 @@ def build_bench_model(model: str | None, arch: str | None, dtype: str, device: s
 
     from .models import load_model, load_tokenizer
 
-    tokenizer = load_tokenizer("tiny-arith")
     if arch is None:
-        return load_model(model or "tiny-arith", dtype=dtype, device=device), load_tokenizer(model or "tiny-arith"), \
-            model or "tiny-arith"
+        name = model or "tiny-arith"
+        return load_model(name, dtype=dtype, device=device), load_tokenizer(name), name
     if arch not in ARCHS:
         raise ValueError(f"unknown --arch {arch!r}; choose one of {', '.join(ARCHS)}")
     from transformers import Qwen2Config, Qwen2ForCausalLM
@@ -51,7 +50,8 @@ def build_bench_model(model: str | None, arch: str | None, dtype: str, device: s
     torch.manual_seed(seed)  # the bench's own random init
     config = Qwen2Config(**ARCHS[arch], max_position_embeddings=4096)
     net = Qwen2ForCausalLM(config).to(dtype=getattr(torch, dtype), device=device).eval().requires_grad_(False)
-    return net, tokenizer, f"{arch} (random init, {sum(p.numel() for p in net.parameters()) / 1e6:.0f}M params)"
+    params = sum(p.numel() for p in net.parameters()) / 1e6
+    return net, load_tokenizer("tiny-arith"), f"{arch} (random init, {params:.0f}M params)"
 
 
 def _timed(fn, repeats: int, device) -> tuple[float, float]:

@@ -45,8 +45,6 @@ def _run_eval(args) -> int:
     from .evaluate import DEFAULT_MAX_NEW_TOKENS, evaluate
     from .models import default_device, load_model, load_tokenizer
 
-    if args.limit is not None and args.limit < 1:
-        raise ValueError(f"--limit must be >= 1, got {args.limit}")
     if args.batch_size < 1:
         raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
     dataset = load_task(args.task, args.split, args.data, limit=args.limit)

@@ -24,7 +24,6 @@ import functools
 import json
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import datasets
@@ -39,7 +38,7 @@ from .fitness import check_scores
 from .io import atomic_directory
 from .models import load_tokenizer
 from .rewards import get_reward_function
-from .runlog import MetricsLog, peak_memory_mb
+from .runlog import MetricsLog, RunTotals, peak_memory_mb
 from .trainer import build_model, default_device, prepare_run_dir
 
 
@@ -100,15 +99,6 @@ class RolloutTally:
         return scores, tokens
 
 
-@dataclass
-class Totals:
-    """Cumulative budget of a run; restored from metrics.jsonl when a run resumes."""
-
-    wall_s: float = 0.0
-    completions: int = 0
-    tokens: int = 0
-
-
 class RunLogCallback(TrainerCallback):
     """metrics.jsonl for a TRL run with EGGROLL's keys, held-out evaluation, and the max_wall_s stop.
 
@@ -117,15 +107,14 @@ class RunLogCallback(TrainerCallback):
     """
 
     def __init__(self, log: MetricsLog, tally: RolloutTally, held_out: Callable[[torch.nn.Module], dict],
-                 totals: Totals, eval_every: int, max_wall_s: float | None):
+                 totals: RunTotals, eval_every: int, max_wall_s: float | None):
         self.log, self.tally, self.held_out, self.totals = log, tally, held_out, totals
         self.eval_every, self.max_wall_s = eval_every, max_wall_s
         self._start = 0.0
 
     def on_train_begin(self, args, state, control, model=None, **kwargs):
         if state.global_step == 0:  # a resumed run already holds its step-0 record
-            self.log.log({"step": 0, "wall_s": 0.0, "completions": 0, "tokens": 0, "updates": 0,
-                          **self.held_out(model)})
+            self.log.log({**RunTotals().record(), **self.held_out(model)})
 
     def on_step_begin(self, args, state, control, **kwargs):
         self._start = time.perf_counter()
@@ -133,13 +122,11 @@ class RunLogCallback(TrainerCallback):
     def on_step_end(self, args, state, control, model=None, **kwargs):
         step_s = time.perf_counter() - self._start
         scores, tokens = self.tally.take()
-        t = self.totals
-        t.wall_s, t.completions, t.tokens = t.wall_s + step_s, t.completions + len(scores), t.tokens + tokens
-        record = {"step": state.global_step, "wall_s": round(t.wall_s, 3), "completions": t.completions,
-                  "tokens": t.tokens, "reward_mean": float(scores.mean()), "reward_std": float(scores.std()),
-                  "updates": state.global_step, "step_s": round(step_s, 3),
+        self.totals = self.totals.advance(step_s, len(scores), tokens)
+        record = {**self.totals.record(), "reward_mean": float(scores.mean()), "reward_std": float(scores.std()),
+                  "step_s": round(step_s, 3),
                   "tokens_per_s": round(tokens / step_s, 1), "peak_mem_mb": round(peak_memory_mb(args.device), 1)}
-        out_of_time = self.max_wall_s is not None and t.wall_s >= self.max_wall_s
+        out_of_time = self.max_wall_s is not None and self.totals.wall_s >= self.max_wall_s
         if out_of_time:  # the equal-budget stop; save so the run ends on a resumable checkpoint, as at max_steps
             control.should_training_stop = control.should_save = True
         if state.global_step % self.eval_every == 0 or state.global_step >= state.max_steps or out_of_time:
@@ -147,7 +134,7 @@ class RunLogCallback(TrainerCallback):
         self.log.log(record)
 
 
-def _restore(run_dir: Path, log: MetricsLog) -> tuple[str | None, Totals]:
+def _restore(run_dir: Path, log: MetricsLog) -> tuple[str | None, RunTotals]:
     """The latest HF Trainer checkpoint and the run's totals at its step; metrics past it are dropped."""
     from transformers.trainer_utils import get_last_checkpoint
 
@@ -155,11 +142,11 @@ def _restore(run_dir: Path, log: MetricsLog) -> tuple[str | None, Totals]:
     checkpoint = get_last_checkpoint(str(folder)) if folder.is_dir() else None
     if checkpoint is None:
         log.truncate_after(-1)  # nothing to resume from: start over with an empty log
-        return None, Totals()
+        return None, RunTotals()
     step = json.loads((Path(checkpoint) / "trainer_state.json").read_text())["global_step"]
     log.truncate_after(step)
     last = log.read()[-1]
-    return checkpoint, Totals(last["wall_s"], last["completions"], last["tokens"])
+    return checkpoint, RunTotals.from_dict(last)
 
 
 def train_grpo(config: TrainConfig, grpo: GRPOSection, *, resume: bool = False, progress: bool = True) -> Path:
@@ -189,7 +176,7 @@ def train_grpo(config: TrainConfig, grpo: GRPOSection, *, resume: bool = False, 
         return held_out_metrics(engine, eval_prompts, eval_answers, max_new_tokens=gen.max_new_tokens)
 
     log = MetricsLog(run_dir / "metrics.jsonl")
-    checkpoint, totals = _restore(run_dir, log) if resume else (None, Totals())
+    checkpoint, totals = _restore(run_dir, log) if resume else (None, RunTotals())
     tally = RolloutTally([get_reward_function(name) for name in config.rewards])
     on_cpu = torch.device(device).type == "cpu"
     completions = grpo.prompts_per_step * grpo.num_generations

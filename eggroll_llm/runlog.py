@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import resource
 import sys
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 from .io import atomic_write_text
@@ -26,6 +27,29 @@ def peak_memory_mb(device) -> float:
         return torch.cuda.max_memory_allocated(device) / 2**20
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return rss / 2**20 if sys.platform == "darwin" else rss / 2**10  # bytes on macOS, KiB on Linux
+
+
+@dataclass(frozen=True)
+class RunTotals:
+    """A run's cumulative budget after `step` updates, the same for EGGROLL and GRPO; restored on resume."""
+
+    step: int = 0
+    wall_s: float = 0.0      # training time, evaluation excluded
+    completions: int = 0
+    tokens: int = 0
+
+    @classmethod
+    def from_dict(cls, values: dict) -> RunTotals:
+        return cls(**{f.name: values[f.name] for f in fields(cls)})
+
+    def advance(self, seconds: float, completions: int, tokens: int) -> RunTotals:
+        """The totals after one more update that took `seconds` and generated `completions` / `tokens`."""
+        return RunTotals(self.step + 1, self.wall_s + seconds, self.completions + completions, self.tokens + tokens)
+
+    def record(self) -> dict:
+        """The budget keys of a metrics.jsonl record (one optimizer update per step for both methods)."""
+        return {"step": self.step, "wall_s": round(self.wall_s, 3), "completions": self.completions,
+                "tokens": self.tokens, "updates": self.step}
 
 
 class MetricsLog:

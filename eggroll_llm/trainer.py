@@ -12,7 +12,7 @@ compares members on equal questions.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -31,7 +31,7 @@ from .io import atomic_write_text
 from .models import default_device, load_model, load_tokenizer, resolve_model
 from .perturbed import Population, attach_eggroll
 from .rewards import get_reward_function
-from .runlog import MetricsLog, peak_memory_mb
+from .runlog import MetricsLog, RunTotals, peak_memory_mb
 
 
 def prompt_indices(num_examples: int, step: int, count: int, seed: int) -> list[int]:
@@ -39,11 +39,13 @@ def prompt_indices(num_examples: int, step: int, count: int, seed: int) -> list[
 
     A pure function of (step, seed), so a resumed run sees exactly the prompts an uninterrupted one would.
     """
-    out = []
+    out, orders = [], {}
     for position in range(step * count, (step + 1) * count):
         epoch, offset = divmod(position, num_examples)
-        order = torch.randperm(num_examples, generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
-        out.append(int(order[offset]))
+        if epoch not in orders:  # one permutation per epoch touched, not one per prompt
+            generator = torch.Generator().manual_seed(seed * 100_003 + epoch)
+            orders[epoch] = torch.randperm(num_examples, generator=generator)
+        out.append(int(orders[epoch][offset]))
     return out
 
 
@@ -57,14 +59,6 @@ def population_layout(population_size: int, members_per_prompt: int, prompts_per
     group = members // members_per_prompt
     slots = group * prompts_per_member + torch.arange(prompts_per_member).repeat(population_size)
     return members, slots
-
-
-@dataclass
-class RunState:
-    step: int = 0
-    wall_s: float = 0.0
-    completions: int = 0
-    tokens: int = 0
 
 
 def prepare_run_dir(config: TrainConfig, resume: bool) -> Path:
@@ -116,11 +110,11 @@ def train(config: TrainConfig, *, resume: bool = False, progress: bool = True) -
     train_prompts, train_answers = build_prompts(tokenizer, train_set, **shared), list(train_set["answer"])
     eval_prompts, eval_answers = build_prompts(tokenizer, eval_set, **shared), list(eval_set["answer"])
 
-    log, state, checkpoints = MetricsLog(run_dir / "metrics.jsonl"), RunState(), list_checkpoints(run_dir)
+    log, state, checkpoints = MetricsLog(run_dir / "metrics.jsonl"), RunTotals(), list_checkpoints(run_dir)
     if resume and checkpoints:
         optimizer_state, saved = load_checkpoint(checkpoints[-1], layers)
         updater.load_state_dict(optimizer_state)
-        state = RunState(**{k: saved[k] for k in RunState.__dataclass_fields__})
+        state = RunTotals.from_dict(saved)
         log.truncate_after(state.step)
     else:
         log.truncate_after(-1)  # a fresh start (or a resume before the first checkpoint) begins an empty log
@@ -131,7 +125,7 @@ def train(config: TrainConfig, *, resume: bool = False, progress: bool = True) -
         return held_out_metrics(engine, eval_prompts, eval_answers, max_new_tokens=gen.max_new_tokens)
 
     if state.step == 0:
-        log.log({"step": 0, "wall_s": 0.0, "completions": 0, "tokens": 0, "updates": 0, **held_out()})
+        log.log({**state.record(), **held_out()})
     members, slots = population_layout(es.population_size, es.members_per_prompt, es.prompts_per_member)
     prompts_per_step = int(slots.max()) + 1
     bar = tqdm(total=config.max_steps, initial=state.step, desc="eggroll", unit="step", disable=not progress)
@@ -153,11 +147,8 @@ def train(config: TrainConfig, *, resume: bool = False, progress: bool = True) -
         update = updater.step(fitness)
         step_s = time.perf_counter() - start
         new_tokens = sum(c.num_tokens for c in completions)
-        state = RunState(state.step + 1, state.wall_s + step_s, state.completions + len(completions),
-                         state.tokens + new_tokens)
-        record = {"step": state.step, "wall_s": round(state.wall_s, 3), "completions": state.completions,
-                  "tokens": state.tokens, "updates": state.step, "reward_mean": float(scores.mean()),
-                  "reward_std": float(scores.std()),
+        state = state.advance(step_s, len(completions), new_tokens)
+        record = {**state.record(), "reward_mean": float(scores.mean()), "reward_std": float(scores.std()),
                   "update_norm": update["update_norm"], "step_s": round(step_s, 3),
                   "tokens_per_s": round(new_tokens / step_s, 1), "peak_mem_mb": round(peak_memory_mb(device), 1)}
         out_of_time = config.max_wall_s is not None and state.wall_s >= config.max_wall_s
@@ -167,7 +158,7 @@ def train(config: TrainConfig, *, resume: bool = False, progress: bool = True) -
             record.update(last_eval)
         log.log(record)
         if state.step % config.save_every == 0 or finished:
-            save_checkpoint(run_dir, state.step, layers, updater.state_dict(), vars(state))
+            save_checkpoint(run_dir, state.step, layers, updater.state_dict(), asdict(state))
             export_peft_adapter(layers, run_dir / "adapter", base_model_id(config.model.name), overwrite=True)
         bar.update(1)
         accuracy = last_eval.get("eval_accuracy", float("nan"))
