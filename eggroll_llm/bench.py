@@ -21,35 +21,25 @@ import json
 import statistics
 import time
 
-from .models import default_device
+from .models import ARCHS, default_device
 from .runlog import peak_memory_mb
-
-# Random-init architectures for figures without downloads: Qwen2 shapes (head_dim ≥ 32, grouped KV heads).
-ARCHS = {
-    "qwen2-100m": dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
-                       num_key_value_heads=4, vocab_size=32000, tie_word_embeddings=True),
-    # Qwen2.5-0.5B's published shape (config.json of Qwen/Qwen2.5-0.5B-Instruct)
-    "qwen2-0.5b": dict(hidden_size=896, intermediate_size=4864, num_hidden_layers=24, num_attention_heads=14,
-                       num_key_value_heads=2, vocab_size=151936, tie_word_embeddings=True),
-}
 
 
 def build_bench_model(model: str | None, arch: str | None, dtype: str, device: str, seed: int):
     """(model, tokenizer, description). Random-init archs reuse the tiny tokenizer: prompts are token ids."""
     import torch
+    from transformers import AutoModelForCausalLM
 
-    from .models import load_model, load_tokenizer
+    from .models import arch_config, load_model, load_tokenizer
 
     if arch is None:
         name = model or "tiny-arith"
         return load_model(name, dtype=dtype, device=device), load_tokenizer(name), name
     if arch not in ARCHS:
         raise ValueError(f"unknown --arch {arch!r}; choose one of {', '.join(ARCHS)}")
-    from transformers import Qwen2Config, Qwen2ForCausalLM
-
     torch.manual_seed(seed)  # the bench's own random init
-    config = Qwen2Config(**ARCHS[arch], max_position_embeddings=4096)
-    net = Qwen2ForCausalLM(config).to(dtype=getattr(torch, dtype), device=device).eval().requires_grad_(False)
+    net = AutoModelForCausalLM.from_config(arch_config(arch))
+    net = net.to(dtype=getattr(torch, dtype), device=device).eval().requires_grad_(False)
     params = sum(p.numel() for p in net.parameters()) / 1e6
     return net, load_tokenizer("tiny-arith"), f"{arch} (random init, {params:.0f}M params)"
 

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from .bench import add_bench_parser
 from .compare import add_compare_parser
+from .config import DRY_RUN_MODES
 from .export import add_export_parser
 from .io import atomic_write_text
 from .push import add_push_parser
@@ -71,8 +72,17 @@ def _add_train(subparsers) -> None:
     p = subparsers.add_parser("train", help="run a recipe (method: eggroll or grpo) and write a run directory",
                               description="Train from a YAML recipe. Any recipe key can be overridden: "
                                           "--es.sigma 0.002 --output_dir runs/x. `eggroll-llm train --list-keys` "
-                                          "prints every key with its default and help.")
+                                          "prints every key with its default and help. Check a recipe end to end "
+                                          "without weights or a GPU: eggroll-llm train "
+                                          "recipes/gsm8k-qwen2.5-0.5b-eggroll.yaml --dry_run tiny "
+                                          "--data.data_path DIR_WITH_GSM8K_JSONL")
     p.add_argument("recipe", nargs="?", type=Path, help="recipe YAML (see recipes/)")
+    p.add_argument("--dry_run", "--dry-run", nargs="?", const="full", choices=DRY_RUN_MODES, metavar="full|tiny",
+                   help="one step of a random-init model of the recipe's architecture (no weights downloaded for the "
+                        "recipes' models), a 2-example evaluation, output to a new temporary folder unless "
+                        "--output_dir is given; 'tiny' scales the model down (2 layers, width 64) to fit a CPU; other "
+                        "overrides still apply (--es.population_size 4 --es.members_per_prompt 2 "
+                        "--generation.max_new_tokens 8 make it take seconds)")
     p.add_argument("--resume", action="store_true", help="continue from the run directory's latest checkpoint")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (logs still go to metrics.jsonl)")
     p.add_argument("--list-keys", action="store_true", help="print every recipe key with its default and help")
@@ -80,7 +90,7 @@ def _add_train(subparsers) -> None:
 
 
 def _run_train(args) -> int:
-    from .config import describe, load_config
+    from .config import describe, dry_run_overrides, load_config, parse_overrides
 
     if args.list_keys:
         for key, text, default in describe():
@@ -88,7 +98,10 @@ def _run_train(args) -> int:
         return 0
     if args.recipe is None:
         raise ValueError("train needs a recipe YAML, e.g. eggroll-llm train recipes/tiny-arith-eggroll.yaml")
-    config = load_config(args.recipe, args.overrides)
+    overrides = parse_overrides(args.overrides)
+    if args.dry_run:
+        overrides = dry_run_overrides(args.dry_run, overrides)
+    config = load_config(args.recipe, overrides)
     if config.method == "grpo":
         from .grpo import train_grpo
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import tempfile
 import types
 import typing
 from dataclasses import dataclass, field
@@ -34,8 +35,11 @@ class ModelConfig:
     dtype: str = _help("compute dtype of the frozen base weights: float32, bfloat16 or float16", "float32")
     device: str | None = _help("cpu, cuda, cuda:1 ...; default: cuda when available, else cpu", None)
     trust_remote_code: bool = _help("allow model code from the Hub (off unless you ask)", False)
-    dry_run_random_init: bool = _help("build a random-init model of the same architecture from the config "
-                                      "(no weights needed; for smoke tests)", False)
+    dry_run_random_init: bool = _help("build a random-init model of the same architecture instead of loading "
+                                      "weights (no download for the recipes' models: see models.ARCHS); set by "
+                                      "`train --dry_run`", False)
+    dry_run_shrink: bool = _help("with dry_run_random_init: 2 layers, width 64, same model class (a CPU-sized "
+                                 "check); set by `train --dry_run tiny`", False)
     adapter: str | None = _help("PEFT LoRA adapter (folder or Hub id) to start from: lora_B·scaling and lora_Aᵀ "
                                 "become U and V (eggroll only; on --resume the checkpoint's adapter is used)", None)
 
@@ -177,6 +181,25 @@ def parse_overrides(args: list[str]) -> dict:
     return nested
 
 
+DRY_RUN_MODES = ("full", "tiny")
+
+
+def dry_run_overrides(mode: str, overrides: dict) -> dict:
+    """What `train --dry_run [full|tiny]` changes in a recipe, under the user's own `overrides` (which still win).
+
+    One step of a random-init model of the recipe's architecture (`tiny`: scaled down to run on a CPU), a 2-example
+    held-out evaluation, a checkpoint, and a fresh temporary run directory unless --output_dir is given: it checks
+    that the recipe, data, trainer and output wiring work end to end, not what the recipe learns.
+    """
+    if mode not in DRY_RUN_MODES:
+        raise ConfigError(f"--dry_run takes {' or '.join(DRY_RUN_MODES)}, got {mode!r}")
+    dry = {"max_steps": 1, "max_wall_s": None, "eval_every": 1, "save_every": 1, "data": {"eval_limit": 2},
+           "model": {"dry_run_random_init": True, "dry_run_shrink": mode == "tiny"}}
+    if "output_dir" not in overrides:
+        dry["output_dir"] = tempfile.mkdtemp(prefix="eggroll-dry-run-")
+    return _merge(dry, overrides)
+
+
 def _merge(base: dict, extra: dict) -> dict:
     out = dict(base)
     for key, value in extra.items():
@@ -225,6 +248,8 @@ def validate(config: TrainConfig) -> None:
          "prompts)"),
         (es.prompts_per_member >= 1, f"es.prompts_per_member must be >= 1, got {es.prompts_per_member}"),
         (0 <= es.momentum < 1, f"es.momentum must be in [0, 1), got {es.momentum}"),
+        (config.model.dry_run_random_init or not config.model.dry_run_shrink,
+         "model.dry_run_shrink shrinks a random-init model: set model.dry_run_random_init too (or use --dry_run tiny)"),
         (config.data.eval_limit >= 1, f"data.eval_limit must be >= 1, got {config.data.eval_limit}"),
         (config.generation.max_new_tokens >= 1, "generation.max_new_tokens must be >= 1"),
         (bool(config.rewards), "rewards must name at least one reward function"),

@@ -3,7 +3,8 @@
 Why TRL rather than a loop of our own: a baseline is only convincing if it is the implementation people run
 (group-relative advantages, clipped policy ratio, TRL's default DAPO token-level loss). This file only wires it into
 the project's run directory so `compare` reads both methods alike. Shared with `eggroll_llm.trainer`:
-- the base model (`build_model`: the embedded tiny-arith, any local/Hub model, or a random-init dry run);
+- the base model and tokenizer (`load_base`: the embedded tiny-arith, any local/Hub model, or a random-init
+  dry run);
 - the prompts (`build_prompts`, already chat-templated: TRL tokenizes plain-string prompts as they are);
 - the reward functions (`get_reward_function`; TRL sums them with unit weights, as EGGROLL does; TRL's stock
   accuracy reward would score `#### 72` as 0);
@@ -36,10 +37,9 @@ from .engine.hf import HFEngine
 from .evaluate import held_out_metrics
 from .fitness import check_scores
 from .io import atomic_directory
-from .models import load_tokenizer
 from .rewards import get_reward_function
 from .runlog import MetricsLog, RunTotals, peak_memory_mb
-from .trainer import build_model, default_device, prepare_run_dir
+from .trainer import default_device, load_base, prepare_run_dir
 
 
 def check_grpo(config: TrainConfig, grpo: GRPOSection) -> None:
@@ -159,8 +159,8 @@ def train_grpo(config: TrainConfig, grpo: GRPOSection, *, resume: bool = False, 
     gen, data = config.generation, config.data
     run_dir = prepare_run_dir(config, resume)
     device = default_device(config.model.device)
-    tokenizer = load_tokenizer(config.model.name, trust_remote_code=config.model.trust_remote_code)
-    model = build_model(config, device).requires_grad_(grpo.lora_rank == 0)  # LoRA: PEFT unfreezes its own factors
+    model, tokenizer = load_base(config, device)
+    model.requires_grad_(grpo.lora_rank == 0)  # LoRA: PEFT unfreezes its own factors
 
     train_set = load_task(data.task, data.train_split, data.data_path, seed=config.seed)
     eval_set = load_task(data.task, data.eval_split, data.data_path, limit=data.eval_limit)

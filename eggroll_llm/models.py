@@ -14,6 +14,34 @@ ASSETS = Path(__file__).resolve().parent / "assets"
 EMBEDDED_MODELS = {"tiny-arith": ASSETS / "tiny-arith"}
 DTYPES = ("float32", "bfloat16", "float16")
 
+# Architectures built offline with random weights (`train --dry_run`, `bench --arch`): the published shapes of the
+# models the GSM8K recipes name (each one's config.json on the Hub), and a mid-size Qwen2 for CPU benchmarks.
+ARCHS = {
+    "qwen2-100m": dict(model_type="qwen2", hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
+                       num_attention_heads=12, num_key_value_heads=4, vocab_size=32000, tie_word_embeddings=True,
+                       max_position_embeddings=4096),
+    "qwen2-0.5b": dict(model_type="qwen2", hidden_size=896, intermediate_size=4864, num_hidden_layers=24,
+                       num_attention_heads=14, num_key_value_heads=2, vocab_size=151936, tie_word_embeddings=True,
+                       max_position_embeddings=32768, rope_theta=1e6, rms_norm_eps=1e-6),
+    "qwen2-1.5b": dict(model_type="qwen2", hidden_size=1536, intermediate_size=8960, num_hidden_layers=28,
+                       num_attention_heads=12, num_key_value_heads=2, vocab_size=151936, tie_word_embeddings=True,
+                       max_position_embeddings=32768, rope_theta=1e6, rms_norm_eps=1e-6),
+    "llama3-1b": dict(model_type="llama", hidden_size=2048, intermediate_size=8192, num_hidden_layers=16,
+                      num_attention_heads=32, num_key_value_heads=8, head_dim=64, vocab_size=128256,
+                      tie_word_embeddings=True, max_position_embeddings=131072, rms_norm_eps=1e-5, rope_theta=5e5,
+                      rope_scaling=dict(rope_type="llama3", factor=32.0, low_freq_factor=1.0, high_freq_factor=4.0,
+                                        original_max_position_embeddings=8192)),
+}
+HUB_ARCHS = {  # base and instruct releases share their architecture
+    "Qwen/Qwen2.5-0.5B-Instruct": "qwen2-0.5b", "Qwen/Qwen2.5-0.5B": "qwen2-0.5b",
+    "Qwen/Qwen2.5-1.5B-Instruct": "qwen2-1.5b", "Qwen/Qwen2.5-1.5B": "qwen2-1.5b",
+    "meta-llama/Llama-3.2-1B-Instruct": "llama3-1b", "meta-llama/Llama-3.2-1B": "llama3-1b",
+}
+# A scaled-down copy of any of them for CPU tests: same model class (Qwen2's q/k/v bias, Llama 3's rope scaling,
+# grouped KV heads, tied embeddings), 2 layers, width 64, head_dim 32.
+SHRUNK = dict(num_hidden_layers=2, hidden_size=64, intermediate_size=128, num_attention_heads=2, num_key_value_heads=1,
+              head_dim=32)
+
 
 class ModelError(ValueError):
     """A model name, path or adapter that cannot be loaded; the message says why and what to do."""
@@ -49,6 +77,55 @@ def model_type(name: str) -> str | None:
     """The architecture name in a local model's config.json, without loading weights (None for Hub ids)."""
     config = Path(resolve_model(name)) / "config.json"
     return json.loads(config.read_text()).get("model_type") if config.is_file() else None
+
+
+def arch_config(name: str, *, shrink: bool = False, **overrides):
+    """The transformers config of a recorded architecture (an ARCHS name or a Hub id in HUB_ARCHS), built offline.
+
+    `shrink` swaps in SHRUNK's depth and width; `overrides` replace any field (vocab_size, token ids ...).
+    """
+    from transformers import AutoConfig
+
+    key = HUB_ARCHS.get(name, name)
+    if key not in ARCHS:
+        raise ModelError(f"no recorded architecture for {name!r}; recorded: {', '.join([*ARCHS, *HUB_ARCHS])}")
+    values = {**ARCHS[key], **(SHRUNK if shrink else {}), **overrides}
+    return AutoConfig.for_model(values.pop("model_type"), **values)
+
+
+def random_init_model(name: str, *, shrink: bool = False, dtype: str = "float32", device: str = "cpu", seed: int = 0,
+                      trust_remote_code: bool = False):
+    """(model, tokenizer): random weights in the architecture of `name`, for dry runs.
+
+    A name recorded in ARCHS / HUB_ARCHS (the recipes' models) is built offline and paired with the embedded
+    tokenizer, so nothing downloads; any other name's own config and tokenizer are read (a local folder, or the
+    Hub). `shrink` scales the model down to SHRUNK and its vocabulary to the tokenizer's; full size keeps the real
+    vocabulary, so memory use is the real model's (ids the embedded tokenizer lacks decode to nothing).
+    """
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    if dtype not in DTYPES:
+        raise ModelError(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
+    if name in HUB_ARCHS or name in ARCHS:
+        tokenizer = load_tokenizer("tiny-arith")
+        # the embedded tokenizer's special ids must exist in the random model, whatever the real model uses
+        ids = dict(bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                   pad_token_id=tokenizer.pad_token_id)
+        config = arch_config(name, shrink=shrink, **ids, **({"vocab_size": len(tokenizer)} if shrink else {}))
+    else:
+        try:
+            config = AutoConfig.from_pretrained(resolve_model(name), trust_remote_code=trust_remote_code,
+                                                **(SHRUNK if shrink else {}))
+            tokenizer = load_tokenizer(name, trust_remote_code=trust_remote_code)
+        except OSError as err:
+            raise ModelError(f"cannot read the config of {name} for a random-init dry run: {str(err).splitlines()[0]}; "
+                             f"these architectures build offline: {', '.join(HUB_ARCHS)}") from err
+    torch.manual_seed(seed)  # the random init is part of a dry run: the caller's seed fixes it
+    with torch.device(device):  # initialise in place: a full-size model need not pass through CPU memory
+        model = AutoModelForCausalLM.from_config(config, dtype=getattr(torch, dtype),
+                                                 trust_remote_code=trust_remote_code)
+    return model.eval().requires_grad_(False), tokenizer
 
 
 def load_tokenizer(name: str, *, trust_remote_code: bool = False):

@@ -28,7 +28,7 @@ from .evaluate import held_out_metrics
 from .export import base_model_id, export_peft_adapter, load_peft_adapter
 from .fitness import check_scores, shape_fitness
 from .io import atomic_write_text
-from .models import default_device, load_model, load_tokenizer, resolve_model
+from .models import default_device, load_model, load_tokenizer, random_init_model
 from .perturbed import Population, attach_eggroll
 from .rewards import get_reward_function
 from .runlog import MetricsLog, RunTotals, peak_memory_mb
@@ -77,16 +77,15 @@ def prepare_run_dir(config: TrainConfig, resume: bool) -> Path:
     return run_dir
 
 
-def build_model(config: TrainConfig, device: str):
-    if config.model.dry_run_random_init:
-        from transformers import AutoConfig, AutoModelForCausalLM
-
-        arch = AutoConfig.from_pretrained(resolve_model(config.model.name),
-                                          trust_remote_code=config.model.trust_remote_code)
-        torch.manual_seed(config.seed)  # the random init is part of the run: fix it by the run's seed
-        return AutoModelForCausalLM.from_config(arch).to(device).eval().requires_grad_(False)
-    return load_model(config.model.name, dtype=config.model.dtype, device=device,
-                      trust_remote_code=config.model.trust_remote_code)
+def load_base(config: TrainConfig, device: str):
+    """(model, tokenizer) a run starts from: the recipe's model, or with model.dry_run_random_init a random-init
+    model of the same architecture (no download for the recipes' models; see `models.random_init_model`)."""
+    spec = config.model
+    if spec.dry_run_random_init:
+        return random_init_model(spec.name, shrink=spec.dry_run_shrink, dtype=spec.dtype, device=device,
+                                 seed=config.seed, trust_remote_code=spec.trust_remote_code)
+    return (load_model(spec.name, dtype=spec.dtype, device=device, trust_remote_code=spec.trust_remote_code),
+            load_tokenizer(spec.name, trust_remote_code=spec.trust_remote_code))
 
 
 def train(config: TrainConfig, *, resume: bool = False, progress: bool = True) -> Path:
@@ -94,8 +93,7 @@ def train(config: TrainConfig, *, resume: bool = False, progress: bool = True) -
     es, gen = config.es, config.generation
     run_dir = prepare_run_dir(config, resume)
     device = default_device(config.model.device)
-    tokenizer = load_tokenizer(config.model.name, trust_remote_code=config.model.trust_remote_code)
-    model = build_model(config, device)
+    model, tokenizer = load_base(config, device)
     population = Population(population_size=es.population_size, sigma=es.sigma, rank=es.rank,
                             antithetic=es.antithetic, seed=config.seed, noise_reuse=es.noise_reuse)
     layers = attach_eggroll(model, population, es.target_modules, es.adapter_rank)

@@ -150,7 +150,7 @@ def test_bad_batch_is_refused_before_any_work(bad, message, model_name, data_dir
     def no_loading(*args, **kwargs):
         raise AssertionError("loaded a model or data before refusing the GRPO settings")
 
-    for name in ("build_model", "load_tokenizer", "load_task", "prepare_run_dir"):
+    for name in ("load_base", "load_task", "prepare_run_dir"):
         monkeypatch.setattr(grpo_module, name, no_loading)
     config = make_config(model_name, data_dir, tmp_path / "run")
     with pytest.raises(ConfigError, match=message):
