@@ -1,0 +1,181 @@
+"""Shipped recipes: every YAML under recipes/ validates, the GSM8K pairs share their budget, and each GSM8K recipe
+runs one step end to end as `train --dry_run tiny` (random init of its architecture, offline, on a CPU).
+
+The dry runs read local GSM8K-format files: the first rows of GSM8K when ../shared/data/gsm8k (or
+$EGGROLL_GSM8K_DIR) holds them, else generated tiny-arith rows, which have the same `question` / `answer ... #### N`
+columns. Nothing downloads: the recipes' Hub models are recorded in models.ARCHS.
+"""
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+from transformers import AutoModelForCausalLM
+
+from eggroll_llm import rewards, tiny_arith
+from eggroll_llm.cli import build_parser, main
+from eggroll_llm.config import ConfigError, dry_run_overrides, load_config
+from eggroll_llm.grpo import check_grpo
+from eggroll_llm.models import ARCHS, HUB_ARCHS, SHRUNK, arch_config, random_init_model
+from eggroll_llm.runlog import MetricsLog
+
+ROOT = Path(__file__).resolve().parents[1]
+RECIPES = sorted((ROOT / "recipes").rglob("*.yaml"))
+GSM8K_RECIPES = [r for r in RECIPES if r.name.startswith("gsm8k-")]
+GSM8K_DIR = Path(os.environ.get("EGGROLL_GSM8K_DIR", ROOT.parent / "shared" / "data" / "gsm8k"))
+# Published parameter counts (the models' cards on the Hub): total and, for Qwen2.5, without the embedding.
+PUBLISHED = {"qwen2-0.5b": (0.49e9, 0.36e9), "qwen2-1.5b": (1.54e9, 1.31e9), "llama3-1b": (1.23e9, None)}
+# One step at CPU size: the recipes' settings otherwise (dtype, splits, adapter rank, lr ...). A random 2-layer model
+# needs a large sigma before its members' greedy completions differ at all.
+SHRINK = {"eggroll": ["--es.population_size", "4", "--es.members_per_prompt", "2", "--es.prompts_per_member", "2",
+                      "--es.sigma", "0.5"],
+          "grpo": ["--grpo.prompts_per_step", "2", "--grpo.num_generations", "2"]}
+
+
+def length_reward(prompts, completions, **kwargs):
+    """Separates members of a random model (gsm8k scores them all 0), so the step really updates the adapter."""
+    return [len(c) / 100 for c in completions]
+
+
+@pytest.fixture(autouse=True)
+def length_reward_registered(monkeypatch):
+    monkeypatch.setitem(rewards.REWARD_FUNCTIONS, "length", length_reward)
+
+
+@pytest.fixture(scope="module")
+def gsm8k_dir(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("gsm8k")
+    for split, n in (("train", 16), ("test", 4)):
+        source = GSM8K_DIR / f"{split}.jsonl"
+        if source.is_file():
+            lines = source.read_text().splitlines()[:n]
+        else:
+            lines = [json.dumps(row) for row in tiny_arith.make_split("train" if split == "train" else "test", n, 0)]
+        (folder / f"{split}.jsonl").write_text("\n".join(lines) + "\n")
+    return folder
+
+
+def dry_run(capsys, recipe: Path, data: Path, *extra: str) -> tuple[int, str, str]:
+    method = yaml.safe_load(recipe.read_text())["method"]
+    code = main(["train", str(recipe), "--dry_run", "tiny", "--data.data_path", str(data), "--rewards",
+                 "[gsm8k, length]", "--generation.max_new_tokens", "8", "--no-progress", *SHRINK[method], *extra])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_recipes_found():
+    assert len(RECIPES) >= 8 and len(GSM8K_RECIPES) == 6
+
+
+@pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: p.name)
+def test_every_recipe_validates(recipe):
+    config = load_config(recipe)
+    assert config.method in ("eggroll", "grpo")
+    if config.method == "grpo":
+        check_grpo(config, config.grpo)  # what train_grpo refuses before loading anything
+
+
+@pytest.mark.parametrize("recipe", [r for r in GSM8K_RECIPES if r.stem.endswith("-eggroll")], ids=lambda p: p.name)
+def test_gsm8k_pairs_share_model_data_and_budget(recipe):
+    eggroll = load_config(recipe)
+    grpo = load_config(recipe.with_name(recipe.name.replace("-eggroll", "-grpo")))
+    assert (eggroll.method, grpo.method) == ("eggroll", "grpo")
+    for key in ("seed", "max_wall_s", "rewards", "model", "data"):
+        assert getattr(eggroll, key) == getattr(grpo, key), key
+    assert eggroll.generation.max_new_tokens == grpo.generation.max_new_tokens
+    assert eggroll.data.task == "gsm8k" and eggroll.data.data_path is None  # the Hub's openai/gsm8k by default
+    assert eggroll.model.name in HUB_ARCHS  # so that --dry_run builds it offline
+    assert eggroll.generation.temperature == 0.0 and grpo.grpo.temperature > 0  # greedy ES, sampled GRPO
+
+
+@pytest.mark.parametrize("arch", sorted(PUBLISHED))
+def test_recorded_architectures_have_the_published_size(arch):
+    model, _ = random_init_model(next(h for h, a in HUB_ARCHS.items() if a == arch), device="meta")
+    total = sum(p.numel() for p in model.parameters())
+    embedding = model.get_input_embeddings().weight.numel()
+    assert model.config.vocab_size == ARCHS[arch]["vocab_size"]  # full size keeps the real vocabulary
+    want_total, want_body = PUBLISHED[arch]
+    assert total == pytest.approx(want_total, rel=0.01)
+    if want_body is not None:
+        assert total - embedding == pytest.approx(want_body, rel=0.02)
+
+
+@pytest.mark.parametrize("name", ["Qwen/Qwen2.5-1.5B-Instruct", "meta-llama/Llama-3.2-1B-Instruct"])
+def test_shrunk_model_keeps_the_architecture(name):
+    model, tokenizer = random_init_model(name, shrink=True)
+    with torch.device("meta"):
+        real = AutoModelForCausalLM.from_config(arch_config(name))
+    assert type(model) is type(real)
+    assert model.config.num_hidden_layers == SHRUNK["num_hidden_layers"]
+    assert model.config.vocab_size == len(tokenizer)
+    attention, real_attention = model.model.layers[0].self_attn, real.model.layers[0].self_attn
+    assert (attention.q_proj.bias is None) == (real_attention.q_proj.bias is None)  # Qwen2's q/k/v bias
+    assert model.config.rope_parameters == real.config.rope_parameters  # Llama 3's rope scaling
+    assert model.config.num_attention_heads > model.config.num_key_value_heads  # grouped KV heads, as the real ones
+
+
+@pytest.mark.parametrize("recipe", GSM8K_RECIPES, ids=lambda p: p.name)
+def test_gsm8k_recipe_dry_run_one_step(recipe, gsm8k_dir, tmp_path, capsys):
+    run = tmp_path / "run"
+    code, out, err = dry_run(capsys, recipe, gsm8k_dir, "--output_dir", str(run))
+    assert code == 0, err
+    assert str(run) in out
+    records = MetricsLog(run / "metrics.jsonl").read()
+    assert [r["step"] for r in records] == [0, 1] and all("eval_accuracy" in r for r in records)
+    assert records[1]["completions"] > 0 and records[1]["eval_n"] == 2
+    saved = yaml.safe_load((run / "config.yaml").read_text())
+    recipe_values = yaml.safe_load(recipe.read_text())
+    assert saved["model"]["name"] == recipe_values["model"]["name"]
+    assert saved["model"]["dtype"] == recipe_values["model"]["dtype"]
+    assert saved["model"]["dry_run_random_init"] and saved["model"]["dry_run_shrink"] and saved["max_steps"] == 1
+    if recipe_values["method"] == "eggroll":
+        assert records[1]["update_norm"] > 0  # the fold really ran
+        assert (run / "adapter" / "adapter_model.safetensors").is_file()
+    else:
+        assert records[1]["reward_std"] > 0
+        lora_b = [t for k, t in load_file(run / "adapter" / "adapter_model.safetensors").items() if "lora_B" in k]
+        assert lora_b and any(t.abs().sum() > 0 for t in lora_b)  # LoRA B starts at zero: the step moved it
+
+
+def test_dry_run_writes_to_a_fresh_temporary_folder(gsm8k_dir, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # mkdtemp creates its folder here
+    recipe = ROOT / "recipes" / "gsm8k-qwen2.5-0.5b-eggroll.yaml"
+    code, out, err = dry_run(capsys, recipe, gsm8k_dir)
+    assert code == 0, err
+    (run,) = tmp_path.glob("eggroll-dry-run-*")
+    assert str(run) in out and (run / "metrics.jsonl").is_file()
+    assert not Path(yaml.safe_load(recipe.read_text())["output_dir"]).exists()  # the recipe's runs/ is untouched
+
+
+def test_dry_run_modes_and_overrides():
+    parser = build_parser()
+    assert parser.parse_known_args(["train", "r.yaml", "--dry_run"])[0].dry_run == "full"
+    assert parser.parse_known_args(["train", "r.yaml", "--dry-run", "tiny"])[0].dry_run == "tiny"
+    full = dry_run_overrides("full", {"output_dir": "x", "data": {"eval_limit": 5}})
+    assert full["model"] == {"dry_run_random_init": True, "dry_run_shrink": False}
+    assert (full["output_dir"], full["data"]["eval_limit"], full["max_steps"]) == ("x", 5, 1)  # the user's win
+    with pytest.raises(SystemExit):
+        parser.parse_known_args(["train", "r.yaml", "--dry_run", "huge"])
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["--grpo.gradient_accumulation_steps", "3"], "gradient_accumulation_steps 3 must divide the 16 completions"),
+    (["--grpo.num_generations", "1"], "num_generations must be >= 2"),
+    (["--model.dry_run_shrink", "true"], "set model.dry_run_random_init too"),
+])
+def test_bad_grpo_recipe_is_refused_before_any_work(argv, needle, tmp_path, capsys):
+    run = tmp_path / "run"
+    code = main(["train", str(ROOT / "recipes" / "gsm8k-qwen2.5-0.5b-grpo.yaml"), "--output_dir", str(run), *argv])
+    _, err = capsys.readouterr()
+    assert code == 2 and needle in err and err.count("\n") == 1
+    assert not run.exists()
+
+
+def test_dry_run_shrink_needs_random_init():
+    with pytest.raises(ConfigError, match="dry_run_random_init"):
+        load_config(None, {"model": {"dry_run_shrink": True}})
