@@ -234,9 +234,16 @@ def compare(run_dirs: list[str | Path], out: str | Path = "compare", target_accu
     loaded = [load_run(p) for p in paths]                # every folder is checked before anything is written
     names = make_labels([c for c, _ in loaded], paths, labels)
     tasks = {lookup(c, "data.task") for c, _ in loaded}
+    # the held-out set a run's accuracies are measured on: its split and how many examples of it
+    held_out = {(lookup(c, "data.eval_split"), [r for r in records if "eval_accuracy" in r][-1].get("eval_n"))
+                for c, records in loaded}
     if len(tasks) > 1:
         warnings.warn(f"runs are on different tasks ({', '.join(sorted(map(str, tasks)))}): their accuracies are "
                       "not comparable", stacklevel=2)
+    elif len(held_out) > 1:
+        sets = ", ".join(sorted(f"{n} of {split}" for split, n in held_out))
+        warnings.warn(f"runs are evaluated on different held-out sets ({sets}): their accuracies are not comparable; "
+                      "use the same data.eval_split and data.eval_limit", stacklevel=2)
     bests = [max(r["eval_accuracy"] for r in records if "eval_accuracy" in r) for _, records in loaded]
     target = min(bests) if target_accuracy is None else target_accuracy
     summaries = {name: {"run_dir": str(path), **summarize(config, records, target)}

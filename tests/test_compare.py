@@ -2,6 +2,7 @@
 
 import argparse
 import json
+import warnings
 from pathlib import Path
 
 import pytest
@@ -19,7 +20,7 @@ def write_run(path: Path, *, method: str, accuracies: list[float], step_s: float
               task: str = "tiny-arith", updates_per_step: int | None = None) -> Path:
     path.mkdir(parents=True)
     config = {"method": method, "output_dir": str(path), "seed": 0, "model": {"name": "tiny-arith"},
-              "data": {"task": task}}
+              "data": {"task": task, "eval_split": "validation"}}
     (path / "config.yaml").write_text(yaml.safe_dump(config))
     records = [{"step": 0, "wall_s": 0.0, "completions": 0, "tokens": 0, "eval_accuracy": accuracies[0],
                 "eval_strict_accuracy": accuracies[0] / 2, "eval_n": 200}]
@@ -159,6 +160,21 @@ def test_task_mismatch_warns_but_reports(tmp_path):
     with pytest.warns(UserWarning, match="different tasks"):
         compare(runs, tmp_path / "out")
     assert (tmp_path / "out" / "report.md").is_file()
+
+
+def test_held_out_mismatch_warns(tmp_path):
+    runs = [write_run(tmp_path / "a", method="eggroll", accuracies=ACC_A, step_s=2.0, per_step=64),
+            write_run(tmp_path / "b", method="grpo", accuracies=ACC_B, step_s=5.0, per_step=16)]
+    metrics = runs[1] / "metrics.jsonl"
+    metrics.write_text(metrics.read_text().replace('"eval_n": 200', '"eval_n": 50'))
+    with pytest.warns(UserWarning, match=r"different held-out sets \(200 of validation, 50 of validation\)"):
+        compare(runs, tmp_path / "out")
+
+
+def test_same_held_out_set_does_not_warn(runs, tmp_path):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        compare(runs, tmp_path / "out")
 
 
 def test_rolling_mean_matches_a_loop():
