@@ -118,7 +118,8 @@ def train(config: TrainConfig, *, resume: bool = False, progress: bool = True) -
 
     log, state, checkpoints = MetricsLog(run_dir / "metrics.jsonl"), RunTotals(), list_checkpoints(run_dir)
     start_from = checkpoints[-1] if resume and checkpoints else None
-    processes.agree(checkpoint_step(start_from), "the checkpoint to start from",  # also: all checked run_dir
+    # also the barrier that keeps the main process from writing metrics.jsonl before every process checked run_dir
+    processes.agree(checkpoint_step(start_from), "the checkpoint to start from",
                     "every process must see the same run directory (a filesystem they all share)")
     if start_from is not None:
         optimizer_state, saved = load_checkpoint(start_from, layers)
