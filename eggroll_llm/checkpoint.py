@@ -57,6 +57,11 @@ def list_checkpoints(run_dir: Path) -> list[Path]:
     return sorted(found, key=lambda p: int(_STEP_DIR.search(p.name).group(1)))
 
 
+def checkpoint_step(path: Path | None) -> int:
+    """The step a checkpoint folder holds; -1 for None (no checkpoint)."""
+    return -1 if path is None else int(_STEP_DIR.search(Path(path).name).group(1))
+
+
 def load_checkpoint(path: Path, layers) -> tuple[dict, dict]:
     """Restore adapters in place; returns (optimizer_state, trainer_state)."""
     tensors = load_file(str(Path(path) / "state.safetensors"))

@@ -109,10 +109,13 @@ def _run_train(args) -> int:
         print(f"run written to {run_dir} (metrics.jsonl, checkpoints/, "
               f"{'adapter/' if config.grpo.lora_rank else 'model/'})")
         return 0
+    from .distributed import shutdown
     from .trainer import train
 
     run_dir = train(config, resume=args.resume, progress=not args.no_progress)
-    print(f"run written to {run_dir} (metrics.jsonl, checkpoints/, adapter/)")
+    shutdown()
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(f"run written to {run_dir} (metrics.jsonl, checkpoints/, adapter/)")
     return 0
 
 
@@ -141,6 +144,13 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"eggroll-llm {args.command}: error: {err}", file=sys.stderr)
         return 2
+    except RuntimeError as err:  # a multi-process run that lost a process: one line here, the cause in its log
+        from .distributed import DistributedError
+
+        if not isinstance(err, DistributedError) or os.environ.get("EGGROLL_DEBUG"):
+            raise
+        print(f"eggroll-llm {args.command}: error: {err}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

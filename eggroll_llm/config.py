@@ -109,6 +109,9 @@ class TrainConfig:
     max_wall_s: float | None = _help("stop after this many seconds of training (evaluation excluded)", None)
     eval_every: int = _help("evaluate on the held-out split every K steps (and at the start and end)", 10)
     save_every: int = _help("write a resumable checkpoint every K steps (and at the end)", 10)
+    distributed_timeout_s: float = _help("multi-process runs (eggroll): seconds a process waits for the others at "
+                                         "a collective before the job fails with an error instead of hanging",
+                                         1800.0)
     rewards: list[str] = _help("reward functions, summed: gsm8k, gsm8k_strict, format", factory=lambda: ["gsm8k"])
     model: ModelConfig = _help("the base model", factory=ModelConfig)
     data: DataConfig = _help("prompts and held-out data", factory=DataConfig)
@@ -232,6 +235,7 @@ def validate(config: TrainConfig) -> None:
         (config.max_steps >= 1, f"max_steps must be >= 1, got {config.max_steps}"),
         (config.max_wall_s is None or config.max_wall_s > 0, "max_wall_s must be > 0 (or null for no limit)"),
         (config.eval_every >= 1 and config.save_every >= 1, "eval_every and save_every must be >= 1"),
+        (config.distributed_timeout_s > 0, f"distributed_timeout_s must be > 0, got {config.distributed_timeout_s}"),
         (es.sigma > 0, f"es.sigma must be > 0, got {es.sigma}"),
         (es.rank >= 1, f"es.rank must be >= 1, got {es.rank}"),
         (es.population_size >= 1, f"es.population_size must be >= 1, got {es.population_size}"),

@@ -57,9 +57,22 @@ def evaluate(engine, prompts: list[str], answers: list[str], *, max_new_tokens: 
                       n=n, tokens=tokens, records=records)
 
 
-def held_out_metrics(engine, prompts: list[str], answers: list[str], *, max_new_tokens: int) -> dict:
-    """The eval_* keys of a metrics.jsonl record (DESIGN.md §7), the same for EGGROLL and GRPO runs."""
+def held_out_metrics(engine, prompts: list[str], answers: list[str], *, max_new_tokens: int,
+                     processes=None) -> dict:
+    """The eval_* keys of a metrics.jsonl record (DESIGN.md §7), the same for EGGROLL and GRPO runs.
+
+    With `processes` (distributed.Processes of a multi-process run) each process evaluates its share of the prompts
+    and the correct counts are summed over processes: the figures of one process evaluating them all.
+    """
     start = time.perf_counter()
-    result = evaluate(engine, prompts, answers, max_new_tokens=max_new_tokens, progress=False)
-    return {"eval_accuracy": result.accuracy, "eval_strict_accuracy": result.strict_accuracy, "eval_n": result.n,
+    part = processes.share(len(prompts)) if processes is not None else slice(None)
+    records = (evaluate(engine, prompts[part], answers[part], max_new_tokens=max_new_tokens, progress=False).records
+               if prompts[part] else [])
+    counts = [sum(r["correct"] for r in records), sum(r["strict_correct"] for r in records), len(records)]
+    if processes is not None:
+        counts = processes.sum_counts(counts, "the held-out counts")
+    correct, strict, n = counts
+    if not n:
+        raise ValueError("evaluation needs at least one example")
+    return {"eval_accuracy": correct / n, "eval_strict_accuracy": strict / n, "eval_n": n,
             "eval_s": round(time.perf_counter() - start, 3)}

@@ -4,7 +4,8 @@ DESIGN.md §1: every step, N members (antithetic pairs share low-rank noise of o
 their own perturbation in ONE batched generation; TRL-style reward functions score the completions; fitness is
 centred per prompt (paper §6.3) and the fitness-weighted noise is folded into the fp32 adapters. Layout: members
 come in groups of `members_per_prompt`; each group answers the same `prompts_per_member` prompts, so fitness
-compares members on equal questions.
+compares members on equal questions. Launched on several processes (distributed.py), each generates and scores
+its shard of the rows and only the scores are exchanged; the main process logs, checkpoints and exports.
 
     eggroll-llm train recipes/tiny-arith-eggroll.yaml
 """
@@ -19,9 +20,10 @@ import torch
 import yaml
 from tqdm.auto import tqdm
 
-from .checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
+from .checkpoint import checkpoint_step, list_checkpoints, load_checkpoint, save_checkpoint
 from .config import TrainConfig, to_dict
 from .data import build_prompts, load_task
+from .distributed import init_processes, shard_rows, shard_seed
 from .engine import SamplingParams, get_engine
 from .es import ESUpdater
 from .evaluate import held_out_metrics
@@ -61,19 +63,20 @@ def population_layout(population_size: int, members_per_prompt: int, prompts_per
     return members, slots
 
 
-def prepare_run_dir(config: TrainConfig, resume: bool) -> Path:
+def prepare_run_dir(config: TrainConfig, resume: bool, write: bool = True) -> Path:
     run_dir = Path(config.output_dir)
     if (run_dir / "metrics.jsonl").exists() and not resume:
         raise FileExistsError(f"{run_dir} already holds a run; pass --resume to continue it or choose another "
                               "--output_dir")
     if resume and (run_dir / "config.yaml").is_file():
         saved = yaml.safe_load((run_dir / "config.yaml").read_text())
-        ignore = {"max_steps", "max_wall_s", "eval_every", "save_every"}
+        ignore = {"max_steps", "max_wall_s", "eval_every", "save_every", "distributed_timeout_s"}
         changed = sorted(k for k, v in to_dict(config).items() if k not in ignore and saved.get(k) != v)
         if changed:
             raise ValueError(f"cannot resume {run_dir} with a different recipe (changed: {', '.join(changed)}); "
                              "resume with the recipe the run was started with")
-    atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(to_dict(config), sort_keys=False))
+    if write:
+        atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(to_dict(config), sort_keys=False))
     return run_dir
 
 
@@ -89,10 +92,13 @@ def load_base(config: TrainConfig, device: str):
 
 
 def train(config: TrainConfig, *, resume: bool = False, progress: bool = True) -> Path:
-    """Run (or resume) an EGGROLL training run; returns the run directory."""
+    """Run (or resume) an EGGROLL training run, on every process of a launched job; returns the run directory."""
     es, gen = config.es, config.generation
-    run_dir = prepare_run_dir(config, resume)
-    device = default_device(config.model.device)
+    processes = init_processes(config.distributed_timeout_s,
+                               cpu=default_device(config.model.device).startswith("cpu"))
+    row_shards = shard_rows(es.population_size, es.prompts_per_member, es.antithetic, processes.world_size)
+    run_dir = prepare_run_dir(config, resume, write=processes.is_main)
+    device = processes.device(config.model.device)
     model, tokenizer = load_base(config, device)
     population = Population(population_size=es.population_size, sigma=es.sigma, rank=es.rank,
                             antithetic=es.antithetic, seed=config.seed, noise_reuse=es.noise_reuse)
@@ -109,43 +115,57 @@ def train(config: TrainConfig, *, resume: bool = False, progress: bool = True) -
     eval_prompts, eval_answers = build_prompts(tokenizer, eval_set, **shared), list(eval_set["answer"])
 
     log, state, checkpoints = MetricsLog(run_dir / "metrics.jsonl"), RunTotals(), list_checkpoints(run_dir)
-    if resume and checkpoints:
-        optimizer_state, saved = load_checkpoint(checkpoints[-1], layers)
+    start_from = checkpoints[-1] if resume and checkpoints else None
+    # also the barrier that keeps the main process from writing metrics.jsonl before every process checked run_dir
+    processes.agree(checkpoint_step(start_from), "the checkpoint to start from",
+                    "every process must see the same run directory (a filesystem they all share)")
+    if start_from is not None:
+        optimizer_state, saved = load_checkpoint(start_from, layers)
         updater.load_state_dict(optimizer_state)
         state = RunTotals.from_dict(saved)
-        log.truncate_after(state.step)
+        if processes.is_main:
+            log.truncate_after(state.step)
     else:
-        log.truncate_after(-1)  # a fresh start (or a resume before the first checkpoint) begins an empty log
+        if processes.is_main:  # a fresh start (or a resume before the first checkpoint) begins an empty log
+            log.truncate_after(-1)
         if config.model.adapter is not None:  # continue from an existing adapter (DESIGN.md §3)
             load_peft_adapter(layers, config.model.adapter)
 
     def held_out() -> dict:
-        return held_out_metrics(engine, eval_prompts, eval_answers, max_new_tokens=gen.max_new_tokens)
+        return held_out_metrics(engine, eval_prompts, eval_answers, max_new_tokens=gen.max_new_tokens,
+                                processes=processes)
 
+    # what one data-parallel step would all-reduce instead: an fp32 gradient of every target matrix
+    allreduce_bytes = 4 * sum(layer.base.weight.numel() for layer in layers.values())
     if state.step == 0:
-        log.log({**state.record(), **held_out()})
+        record = {**state.record(), **held_out(), **processes.traffic(allreduce_bytes)}
+        if processes.is_main:
+            log.log(record)
     members, slots = population_layout(es.population_size, es.members_per_prompt, es.prompts_per_member)
     prompts_per_step = int(slots.max()) + 1
-    bar = tqdm(total=config.max_steps, initial=state.step, desc="eggroll", unit="step", disable=not progress)
+    mine = row_shards[processes.rank]                              # this process's rows of the layout
+    bar = tqdm(total=config.max_steps, initial=state.step, desc="eggroll", unit="step",
+               disable=not progress or not processes.is_main)
     last_eval = {}
     while state.step < config.max_steps and (config.max_wall_s is None or state.wall_s < config.max_wall_s):
         start = time.perf_counter()
         chosen = prompt_indices(len(train_prompts), state.step, prompts_per_step, config.seed)
-        rows = [chosen[s] for s in slots.tolist()]               # dataset index of every (member, prompt) row
-        sampling = SamplingParams(max_new_tokens=gen.max_new_tokens, temperature=gen.temperature,
-                                  top_p=gen.top_p, seed=config.seed * 1_000_003 + state.step)
+        rows = [chosen[s] for s in slots[mine].tolist()]         # dataset index of this process's rows
+        sampling = SamplingParams(max_new_tokens=gen.max_new_tokens, temperature=gen.temperature, top_p=gen.top_p,
+                                  seed=shard_seed(config.seed * 1_000_003 + state.step, mine.start))
         population.set_step(state.step)
         row_prompts = [train_prompts[i] for i in rows]
-        completions = engine.generate(row_prompts, sampling, member_ids=members.tolist())
+        completions = engine.generate(row_prompts, sampling, member_ids=members[mine].tolist())
         texts = [c.text for c in completions]
         scores = sum(check_scores(fn(row_prompts, texts, answer=[train_answers[i] for i in rows]), len(rows),
                                   fn.__name__) for fn in reward_fns)
+        # every process needs every row's score (per-prompt means, global std): gather them, then shape identically
+        scores, new_tokens = processes.gather_rows(scores, sum(c.num_tokens for c in completions), row_shards)
         # scores: [N * J] member-major -> [N, J]; slots name the prompt each score belongs to
         fitness = shape_fitness(scores.view(es.population_size, -1), slots.view(es.population_size, -1), es.fitness)
         update = updater.step(fitness)
-        step_s = time.perf_counter() - start
-        new_tokens = sum(c.num_tokens for c in completions)
-        state = state.advance(step_s, len(completions), new_tokens)
+        step_s = processes.main_value(time.perf_counter() - start, "the step time")  # one clock decides stops
+        state = state.advance(step_s, len(members), new_tokens)
         record = {**state.record(), "reward_mean": float(scores.mean()), "reward_std": float(scores.std()),
                   "update_norm": update["update_norm"], "step_s": round(step_s, 3),
                   "tokens_per_s": round(new_tokens / step_s, 1), "peak_mem_mb": round(peak_memory_mb(device), 1)}
@@ -154,10 +174,15 @@ def train(config: TrainConfig, *, resume: bool = False, progress: bool = True) -
         if state.step % config.eval_every == 0 or finished:
             last_eval = held_out()
             record.update(last_eval)
-        log.log(record)
-        if state.step % config.save_every == 0 or finished:
-            save_checkpoint(run_dir, state.step, layers, updater.state_dict(), asdict(state))
-            export_peft_adapter(layers, run_dir / "adapter", base_model_id(config.model.name), overwrite=True)
+        saving = state.step % config.save_every == 0 or finished
+        if saving:
+            processes.check_in_sync(layers, state.step)
+        record.update(processes.traffic(allreduce_bytes))
+        if processes.is_main:
+            log.log(record)
+            if saving:
+                save_checkpoint(run_dir, state.step, layers, updater.state_dict(), asdict(state))
+                export_peft_adapter(layers, run_dir / "adapter", base_model_id(config.model.name), overwrite=True)
         bar.update(1)
         accuracy = last_eval.get("eval_accuracy", float("nan"))
         bar.set_postfix(reward=f"{record['reward_mean']:.3f}", acc=f"{accuracy:.3f}",
