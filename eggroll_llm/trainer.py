@@ -137,8 +137,10 @@ def train(config: TrainConfig, *, resume: bool = False, progress: bool = True) -
 
     # what one data-parallel step would all-reduce instead: an fp32 gradient of every target matrix
     allreduce_bytes = 4 * sum(layer.base.weight.numel() for layer in layers.values())
+    last_eval = {}  # the latest held-out metrics, shown on the progress bar
     if state.step == 0:
-        record = {**state.record(), **held_out(), **processes.traffic(allreduce_bytes)}
+        last_eval = held_out()
+        record = {**state.record(), **last_eval, **processes.traffic(allreduce_bytes)}
         if processes.is_main:
             log.log(record)
     members, slots = population_layout(es.population_size, es.members_per_prompt, es.prompts_per_member)
@@ -146,7 +148,6 @@ def train(config: TrainConfig, *, resume: bool = False, progress: bool = True) -
     mine = row_shards[processes.rank]                              # this process's rows of the layout
     bar = tqdm(total=config.max_steps, initial=state.step, desc="eggroll", unit="step",
                disable=not progress or not processes.is_main)
-    last_eval = {}
     while state.step < config.max_steps and (config.max_wall_s is None or state.wall_s < config.max_wall_s):
         start = time.perf_counter()
         chosen = prompt_indices(len(train_prompts), state.step, prompts_per_step, config.seed)
