@@ -1,6 +1,6 @@
 """The vllm engine's adapter writing (eggroll_llm/engine/vllm.py), checked without vLLM: each member's PEFT folder,
 loaded with peft onto the base model, must reproduce that member's EggrollLinear forward; so must the adapter-only
-folder for the unperturbed model. vLLM itself is exercised in tests/vllm/ (its own environment, .ci/vllm)."""
+folder for the unperturbed model. vLLM itself is exercised in tests/vllm_tier/ (its own environment, .ci/vllm)."""
 
 import importlib.util
 import json
