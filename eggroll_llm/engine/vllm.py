@@ -110,6 +110,8 @@ def write_member_adapters(layers: dict[str, EggrollLinear], population: Populati
 
 
 def _import_vllm():
+    # vLLM logs to stdout by default; ours carries results (`--json`), so its log goes to stderr unless set otherwise
+    os.environ.setdefault("VLLM_LOGGING_STREAM", "ext://sys.stderr")
     try:
         import vllm
     except ImportError as err:
@@ -234,13 +236,16 @@ class VLLMEngine(Engine):
         return requests, [by_member[m] for m in members]
 
     def _sampling_params(self, sampling: SamplingParams, num_rows: int):
-        """vLLM's SamplingParams: one for greedy decoding, else one per row with its own seed drawn from the seed."""
+        """vLLM's SamplingParams: one for greedy decoding, else one per row with its own seed drawn from the seed.
+
+        vLLM detokenizes only to find stop strings: the returned text is decoded here, as the hf engine does."""
         import torch
         from vllm import SamplingParams as VLLMSamplingParams
 
         common = dict(max_tokens=sampling.max_new_tokens, temperature=sampling.temperature, top_p=sampling.top_p,
                       top_k=sampling.top_k, stop=list(sampling.stop_strings) or None, ignore_eos=sampling.ignore_eos,
-                      stop_token_ids=[] if sampling.ignore_eos else self.eos_ids, skip_special_tokens=True)
+                      stop_token_ids=[] if sampling.ignore_eos else self.eos_ids,
+                      detokenize=bool(sampling.stop_strings), skip_special_tokens=True)
         if sampling.greedy:
             return VLLMSamplingParams(**common)
         seeds = torch.randint(0, 2**62, (num_rows,), generator=torch.Generator().manual_seed(sampling.seed))
