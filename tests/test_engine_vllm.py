@@ -68,14 +68,25 @@ def test_written_folders_reproduce_each_members_forward(perturbed_model, tmp_pat
 def test_factors_stack_adapter_then_scaled_noise_then_zero_padding(perturbed_model):
     _, layers, population = perturbed_model
     layer = next(iter(layers.values()))
-    lora_B, lora_A = member_lora_factors(layer, population, [1, 0], rank=8)  # members 1, 0 are one antithetic pair
+    (B1, A1), (B0, A0) = (member_lora_factors(layer, population, i, rank=8) for i in (1, 0))  # one antithetic pair
     m, n = layer.out_features, layer.in_features
-    assert lora_B.shape == (2, m, 8) and lora_A.shape == (2, 8, n) and lora_B.dtype == torch.float32
-    torch.testing.assert_close(lora_B[:, :, :3], layer.lora_U.expand(2, -1, -1))
-    torch.testing.assert_close(lora_A[:, :3], layer.lora_V.T.expand(2, -1, -1))
-    torch.testing.assert_close(lora_B[0, :, 3:5], -lora_B[1, :, 3:5])  # opposite signs, same A
-    torch.testing.assert_close(lora_A[0], lora_A[1])
-    assert not lora_B[:, :, 5:].any() and not lora_A[:, 5:].any()
+    assert B0.shape == (m, 8) and A0.shape == (8, n) and B0.dtype == torch.float32
+    torch.testing.assert_close(B0[:, :3], layer.lora_U)
+    torch.testing.assert_close(A0[:3], layer.lora_V.T)
+    torch.testing.assert_close(B0[:, 3:5], -B1[:, 3:5])  # opposite signs, same A
+    torch.testing.assert_close(A0, A1)
+    assert not B0[:, 5:].any() and not A0[5:].any()
+    adapter_B, adapter_A = member_lora_factors(layer, population, None, rank=8)
+    torch.testing.assert_close(adapter_B[:, :3], layer.lora_U)
+    assert not adapter_B[:, 3:].any() and not adapter_A[3:].any()
+
+
+def test_factors_come_in_the_models_compute_dtype(perturbed_model):
+    model, layers, population = perturbed_model
+    model.to(torch.bfloat16)  # the adapter's fp32 masters stay fp32 (perturbed.py); the factors follow the compute
+    layer = next(iter(layers.values()))
+    assert layer.lora_U.dtype == torch.float32
+    assert {t.dtype for t in member_lora_factors(layer, population, 2, rank=8)} == {torch.bfloat16}
 
 
 def test_folders_hold_exactly_the_target_modules(perturbed_model, tmp_path):

@@ -65,10 +65,9 @@ def lora_rank_for(needed: int) -> int:
     return above[0]
 
 
-def member_lora_factors(layer: EggrollLinear, population: Population | None, members: Sequence[int] | None,
-                        rank: int):
-    """(lora_B [k, m, rank], lora_A [k, rank, n]) in fp32 on CPU: one LoRA per member (k = len(members)) holding the
-    adapter and that member's noise, or the adapter alone (k = 1) when `members` is None.
+def member_lora_factors(layer: EggrollLinear, population: Population | None, member: int | None, rank: int):
+    """(lora_B [m, rank], lora_A [rank, n]) of one layer, on CPU in the layer's compute dtype (as the hf engine casts
+    them): the adapter stacked with `member`'s scaled noise, or the adapter alone when `member` is None.
 
     The noise is the population's for its current step, drawn on the layer's device: the very factors the hf
     engine's forward and the ES fold use.
@@ -78,33 +77,29 @@ def member_lora_factors(layer: EggrollLinear, population: Population | None, mem
 
     if layer.adapter_rank == "full":
         raise EngineError(FULL_RANK_REFUSAL)
-    U, V = layer.lora_U.float(), layer.lora_V.float()                           # [m, R], [n, R]
-    left, right = U[None], V[None]                                              # [1, m, R], [1, n, R]
-    if members is not None:
-        A, B = population.noise(layer.layer_index, layer.out_features, layer.in_features, U.device)  # [P, m|n, r]
-        ids = torch.as_tensor(list(members), dtype=torch.long)
-        pairs = population.pairs[ids].to(U.device)
-        scales = (population.signs[ids] * (population.sigma / math.sqrt(population.rank))).to(U.device)  # s_i σ/√r
-        k = ids.numel()
-        left = torch.cat([U.expand(k, -1, -1), A[pairs] * scales[:, None, None]], dim=2)   # [k, m, R + r]
-        right = torch.cat([V.expand(k, -1, -1), B[pairs]], dim=2)                          # [k, n, R + r]
-    if left.shape[2] > rank:
-        raise EngineError(f"LoRA rank {rank} cannot hold {left.shape[2]} columns (adapter rank + noise rank)")
-    pad = (0, rank - left.shape[2])
-    return F.pad(left, pad).cpu(), F.pad(right, pad).transpose(1, 2).cpu()
+    left, right = layer.lora_U.float(), layer.lora_V.float()                    # [m, R], [n, R]
+    if member is not None:
+        A, B = population.noise(layer.layer_index, layer.out_features, layer.in_features, left.device)  # [P, m|n, r]
+        pair = int(population.pairs[member])
+        scale = population.signs[member] * (population.sigma / math.sqrt(population.rank))  # s_i σ/√r, fp32
+        left = torch.cat([left, A[pair] * scale.to(left.device)], dim=1)       # [m, R + r]
+        right = torch.cat([right, B[pair]], dim=1)                              # [n, R + r]
+    if left.shape[1] > rank:
+        raise EngineError(f"LoRA rank {rank} cannot hold {left.shape[1]} columns (adapter rank + noise rank)")
+    pad, dtype = (0, rank - left.shape[1]), layer.base.weight.dtype
+    return F.pad(left, pad).to("cpu", dtype), F.pad(right, pad).T.to("cpu", dtype)
 
 
 def write_member_adapters(layers: dict[str, EggrollLinear], population: Population | None,
                           members: Sequence[int] | None, folder: str | Path, base_model: str, rank: int) -> list[Path]:
     """One PEFT LoRA folder per member under `folder` (`member-<id>/`), or one `adapter/` when members is None;
-    returns them in the order of `members`."""
-    factors = {name: member_lora_factors(layer, population, members, rank) for name, layer in layers.items()}
+    returns them in the order of `members`. Member by member, so host memory holds one member's factors at a time."""
     paths = []
-    for j, member in enumerate([None] if members is None else members):
+    for member in [None] if members is None else members:
         path = Path(folder) / ("adapter" if member is None else f"member-{member}")
         path.mkdir()
-        save_lora_folder(path, {name: (lora_B[j], lora_A[j]) for name, (lora_B, lora_A) in factors.items()},
-                         base_model)
+        factors = {name: member_lora_factors(layer, population, member, rank) for name, layer in layers.items()}
+        save_lora_folder(path, factors, base_model)
         paths.append(path)
     return paths
 
