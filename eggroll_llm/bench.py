@@ -6,9 +6,13 @@ shape (the paper reports 91%), and far ahead of evaluating members one by one. `
     (b) perturbed  — the same rows, each under its member's low-rank perturbation (plus a non-zero adapter),
     (c) naive      — each member's weights materialised into the model and its rows generated alone, in turn,
 with the ratios b/a and b/c. The default layout is the paper's: each member answers its own prompt(s), members
-grouped per prompt (antithetic partners share prompts); it is printed next to every figure.
+grouped per prompt (antithetic partners share prompts); it is printed next to every figure. `--engine vllm` measures
+(a) and (b) on vLLM instead — (a) the plain model without LoRA, (b) every row under its member's LoRA adapter, with
+the seconds spent writing the adapters per call — each in its own vLLM instance, started and stopped in turn; the
+peak memory of vLLM's worker processes is not this process's and is not reported.
 
     eggroll-llm bench engine --model tiny-arith
+    eggroll-llm bench engine --model tiny-arith --engine vllm --skip-naive
     eggroll-llm bench engine --arch qwen2-100m --members 32 --new-tokens 64
     eggroll-llm bench fold --arch qwen2-100m --members 4096
 """
@@ -89,15 +93,19 @@ def bench_engine(args) -> dict:
     plain = HFEngine(plain_model, tokenizer, max_batch_tokens=args.max_batch_tokens)
     perturbed = HFEngine(model, tokenizer, population=population, max_batch_tokens=args.max_batch_tokens)
     rows, tokens = len(prompts), len(prompts) * args.new_tokens
-    figures = {"model": described, "device": device, "dtype": args.dtype, "threads": torch.get_num_threads(),
+    figures = {"model": described, "engine": args.engine, "device": device, "dtype": args.dtype,
+               "threads": torch.get_num_threads(),
                "layout": {"members": args.members, "members_per_prompt": args.members_per_prompt,
                           "prompts_per_member": args.prompts_per_member, "rows": rows, "distinct_prompts":
                           prompts_by_slot.shape[0], "prompt_len": args.prompt_len, "new_tokens": args.new_tokens},
                "rank": args.rank, "adapter_rank": args.adapter_rank}
 
     population.set_step(0)
-    s_a, mem_a = _timed(lambda: plain.generate(prompts, sampling), args.repeats, device)
     member_ids = members.tolist()
+    if args.engine == "vllm":
+        return {**figures, **_bench_vllm(args, plain_model, model, tokenizer, population, prompts, member_ids,
+                                         sampling, tokens, device)}
+    s_a, mem_a = _timed(lambda: plain.generate(prompts, sampling), args.repeats, device)
     s_b, mem_b = _timed(lambda: perturbed.generate(prompts, sampling, member_ids=member_ids), args.repeats, device)
     figures["plain"] = {"tokens_per_s": tokens / s_a, "seconds": s_a, "peak_mem_mb": mem_a}
     figures["perturbed"] = {"tokens_per_s": tokens / s_b, "seconds": s_b, "peak_mem_mb": mem_b}
@@ -108,6 +116,38 @@ def bench_engine(args) -> dict:
         figures["naive"] = {"tokens_per_s": tokens / s_c, "seconds": s_c, "peak_mem_mb": mem_c}
         figures["b_over_c"] = s_c / s_b
     return figures
+
+
+def _bench_vllm(args, plain_model, model, tokenizer, population, prompts, member_ids, sampling, tokens,
+                device) -> dict:
+    """(a) and (b) on vLLM, each engine started, timed and stopped before the next one starts (one at a time in
+    memory). A random-init model is saved to a temporary folder first: vLLM loads weights from disk."""
+    import tempfile
+
+    from .engine.vllm import VLLMEngine
+
+    with tempfile.TemporaryDirectory(prefix="eggroll-bench-") as folder:
+        source = getattr(plain_model, "name_or_path", "") or None
+        if source is None:
+            plain_model.save_pretrained(folder)
+            tokenizer.save_pretrained(folder)
+            source = folder
+        plain = VLLMEngine(plain_model, tokenizer, model_path=source, seed=args.seed)
+        try:
+            s_a, _ = _timed(lambda: plain.generate(prompts, sampling), args.repeats, device)
+        finally:
+            plain.close()
+        perturbed = VLLMEngine(model, tokenizer, population=population, model_path=source, seed=args.seed)
+        try:
+            s_b, _ = _timed(lambda: perturbed.generate(prompts, sampling, member_ids=member_ids), args.repeats,
+                            device)
+            adapter_s = perturbed.last_adapter_s
+        finally:
+            perturbed.close()
+    return {"plain": {"tokens_per_s": tokens / s_a, "seconds": s_a, "peak_mem_mb": None},
+            "perturbed": {"tokens_per_s": tokens / s_b, "seconds": s_b, "peak_mem_mb": None,
+                          "adapter_write_s": adapter_s, "lora_rank": perturbed.rank},
+            "b_over_a": s_a / s_b}
 
 
 def _naive(plain_model, engine, layers, population, prompts, members, sampling) -> None:
@@ -152,6 +192,8 @@ def add_bench_parser(subparsers) -> None:
     p.add_argument("what", choices=["engine", "fold"], help="engine: generation a/b/c; fold: ES update time")
     p.add_argument("--model", help="model to load (default tiny-arith); ignored with --arch")
     p.add_argument("--arch", help=f"random-init architecture instead: {', '.join(ARCHS)}")
+    p.add_argument("--engine", choices=["hf", "vllm"], default="hf",
+                   help="generation backend to measure; vllm: (a) and (b) only, members as LoRA adapters")
     p.add_argument("--members", type=int, default=32, help="population size N")
     p.add_argument("--members-per-prompt", type=int, default=2, help="members sharing prompts (antithetic pairs: 2)")
     p.add_argument("--prompts-per-member", type=int, default=1, help="prompts each member answers")
@@ -173,6 +215,9 @@ def add_bench_parser(subparsers) -> None:
 def run_bench(args) -> int:
     if args.members < 1 or args.repeats < 1 or args.new_tokens < 1 or args.prompt_len < 1:
         raise ValueError("--members, --repeats, --new-tokens and --prompt-len must be >= 1")
+    if args.engine == "vllm" and args.what == "engine" and not args.skip_naive:
+        raise ValueError("--engine vllm measures (a) and (b) only; pass --skip-naive (the naive baseline is the hf "
+                         "engine's)")
     figures = bench_engine(args) if args.what == "engine" else bench_fold(args)
     if args.json:
         print(json.dumps(figures))
@@ -182,15 +227,18 @@ def run_bench(args) -> int:
               f"r={args.rank}, adapter rank {args.adapter_rank}, {figures['layers']} layers, {figures['device']})")
         return 0
     layout = figures["layout"]
-    print(f"{figures['model']} on {figures['device']} ({figures['dtype']}, {figures['threads']} threads)")
+    print(f"{figures['model']} on {figures['device']} ({figures['dtype']}, {figures['threads']} threads, "
+          f"{figures['engine']} engine)")
     print(f"layout: {layout['members']} members x {layout['prompts_per_member']} prompt(s) each, "
           f"{layout['members_per_prompt']} members per prompt -> {layout['rows']} rows, "
           f"prompt {layout['prompt_len']} + {layout['new_tokens']} new tokens")
     for key in ("plain", "perturbed", "naive"):
         if key in figures:
             f = figures[key]
+            memory = "n/a (vLLM's processes)" if f["peak_mem_mb"] is None else f"{f['peak_mem_mb']:.0f} MB"
+            adapters = f"  adapters written in {f['adapter_write_s']:.3f} s" if "adapter_write_s" in f else ""
             print(f"  ({'abc'[['plain', 'perturbed', 'naive'].index(key)]}) {key:9} {f['tokens_per_s']:10.1f} tok/s"
-                  f"  {f['seconds']:.3f} s  peak {f['peak_mem_mb']:.0f} MB")
+                  f"  {f['seconds']:.3f} s  peak {memory}{adapters}")
     ratio_c = f"   b/c = {figures['b_over_c']:.2f}" if "b_over_c" in figures else ""
     print(f"  b/a = {figures['b_over_a']:.3f}{ratio_c}")
     return 0

@@ -56,11 +56,14 @@ class DataConfig:
 
 @dataclass
 class GenerationConfig:
-    engine: str = _help("generation backend: hf", "hf")
+    engine: str = _help("generation backend: hf (plain PyTorch) or vllm (members as LoRA adapters; needs the vllm "
+                        "extra: pip install 'eggroll_llm[vllm]')", "hf")
     max_new_tokens: int = _help("completion budget per prompt", 64)
     temperature: float = _help("0 = greedy (the paper's choice: exploration comes from parameter noise)", 0.0)
     top_p: float = _help("nucleus sampling threshold when temperature > 0", 1.0)
-    max_batch_tokens: int = _help("memory budget of one micro-batch: rows x (prompt + new tokens)", 65536)
+    max_batch_tokens: int = _help("hf engine: memory budget of one micro-batch, rows x (prompt + new tokens)", 65536)
+    gpu_memory_utilization: float = _help("vllm engine: fraction of GPU memory vLLM may claim; the trainer's own "
+                                          "copy of the model needs the rest", 0.5)
 
 
 @dataclass
@@ -257,6 +260,14 @@ def validate(config: TrainConfig) -> None:
         (config.data.eval_limit >= 1, f"data.eval_limit must be >= 1, got {config.data.eval_limit}"),
         (config.generation.max_new_tokens >= 1, "generation.max_new_tokens must be >= 1"),
         (bool(config.rewards), "rewards must name at least one reward function"),
+        (0 < config.generation.gpu_memory_utilization <= 1,
+         f"generation.gpu_memory_utilization must be in (0, 1], got {config.generation.gpu_memory_utilization}"),
+        (config.method == "eggroll" or config.generation.engine == "hf",
+         f"generation.engine {config.generation.engine!r} is for eggroll runs; GRPO samples with TRL's GRPOTrainer "
+         "and evaluates with the hf engine: use generation.engine: hf"),
+        (config.generation.engine != "vllm" or not config.model.dry_run_random_init,
+         "generation.engine: vllm loads the base weights from model.name, so it cannot run a random-init model "
+         "(model.dry_run_random_init); use generation.engine: hf"),
     ]
     for ok, message in checks:
         if not ok:

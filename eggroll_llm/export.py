@@ -99,23 +99,34 @@ def lora_factors(layer: EggrollLinear, rank: int | None) -> tuple[torch.Tensor, 
     return U.detach().float().cpu().contiguous(), V.detach().float().cpu().T.contiguous(), energy
 
 
-def write_peft_adapter(layers: dict[str, EggrollLinear], folder: Path, base_model: str, rank: int | None) -> dict:
-    """`adapter_config.json` + `adapter_model.safetensors` into an existing folder; returns rank and energy kept."""
+def save_lora_folder(folder: str | Path, factors: dict[str, tuple[torch.Tensor, torch.Tensor]],
+                     base_model: str) -> int:
+    """`adapter_config.json` + `adapter_model.safetensors` of module name -> (lora_B [m, r], lora_A [r, n]) into an
+    existing folder, lora_alpha = r (PEFT's scaling 1, so the folder holds exactly Σ lora_B lora_A); returns r."""
     from peft import LoraConfig
     from safetensors.torch import save_file
 
-    tensors, energies = {}, []
-    for name, layer in layers.items():
-        lora_B, lora_A, energy = lora_factors(layer, rank)
-        tensors[f"base_model.model.{name}.lora_A.weight"] = lora_A
-        tensors[f"base_model.model.{name}.lora_B.weight"] = lora_B
-        energies.append(energy)
-    (r,) = {t.shape[0] for key, t in tensors.items() if key.endswith("lora_A.weight")}
+    (r,) = {lora_A.shape[0] for _, lora_A in factors.values()}
+    tensors = {}
+    for name, (lora_B, lora_A) in factors.items():
+        tensors[f"base_model.model.{name}.lora_A.weight"] = lora_A.contiguous()
+        tensors[f"base_model.model.{name}.lora_B.weight"] = lora_B.contiguous()
     # Full module names: PEFT matches them exactly, so a regex-chosen subset of layers is reproduced as it is.
     config = LoraConfig(r=r, lora_alpha=r, lora_dropout=0.0, bias="none", task_type="CAUSAL_LM",
-                        target_modules=sorted(layers), base_model_name_or_path=base_model)
+                        target_modules=sorted(factors), base_model_name_or_path=base_model)
     config.save_pretrained(str(folder))
     save_file(tensors, str(Path(folder) / "adapter_model.safetensors"), metadata={"format": "pt"})
+    return r
+
+
+def write_peft_adapter(layers: dict[str, EggrollLinear], folder: Path, base_model: str, rank: int | None) -> dict:
+    """A run's adapter as a PEFT LoRA folder (into an existing folder); returns rank and energy kept."""
+    factors, energies = {}, []
+    for name, layer in layers.items():
+        lora_B, lora_A, energy = lora_factors(layer, rank)
+        factors[name] = (lora_B, lora_A)
+        energies.append(energy)
+    r = save_lora_folder(folder, factors, base_model)
     return {"rank": r, "energy_kept": min(energies, default=1.0), "modules": len(layers)}
 
 

@@ -104,7 +104,10 @@ def train(config: TrainConfig, *, resume: bool = False, progress: bool = True) -
                             antithetic=es.antithetic, seed=config.seed, noise_reuse=es.noise_reuse)
     layers = attach_eggroll(model, population, es.target_modules, es.adapter_rank)
     updater = ESUpdater(layers, population, lr=es.lr, momentum=es.momentum, weight_decay=es.weight_decay)
-    engine = get_engine(gen.engine, model, tokenizer, population=population, max_batch_tokens=gen.max_batch_tokens)
+    options = ({"gpu_memory_utilization": gen.gpu_memory_utilization, "seed": config.seed,
+                "trust_remote_code": config.model.trust_remote_code} if gen.engine == "vllm"
+               else {"max_batch_tokens": gen.max_batch_tokens})
+    engine = get_engine(gen.engine, model, tokenizer, population=population, **options)
     reward_fns = [get_reward_function(name) for name in config.rewards]
 
     data = config.data

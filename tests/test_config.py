@@ -43,6 +43,9 @@ def test_override_beats_recipe(tmp_path):
     (["--seed", "abc"], "seed must be int"),
     (["--es.adapter_rank", "half"], "adapter_rank"),
     (["--method", "ppo"], "method must be eggroll or grpo"),
+    (["--generation.gpu_memory_utilization", "0"], "gpu_memory_utilization must be in"),
+    (["--method", "grpo", "--generation.engine", "vllm"], "GRPO samples with TRL's GRPOTrainer"),
+    (["--generation.engine", "vllm", "--model.dry_run_random_init", "true"], "cannot run a random-init model"),
     (["--es.sigma"], "needs a value"),
     (["sigma"], "unexpected argument"),
 ])

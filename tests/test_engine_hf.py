@@ -312,7 +312,5 @@ def test_bad_requests_and_settings_raise(tokenizer):
 def test_get_engine_builds_hf_and_explains_the_others(tokenizer):
     model = tiny_model("qwen2", len(tokenizer))
     assert isinstance(get_engine("hf", model, tokenizer, max_batch_tokens=128), HFEngine)
-    with pytest.raises(EngineError, match="'vllm' engine is not installed/available yet"):
-        get_engine("vllm", model, tokenizer)
     with pytest.raises(EngineError, match="unknown engine 'hff'.*did you mean 'hf'"):
         get_engine("hff", model, tokenizer)

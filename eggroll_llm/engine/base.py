@@ -1,9 +1,10 @@
 """The generation-engine interface: what every backend takes (prompts, member ids, sampling) and gives back.
 
 DESIGN.md §2: the trainer asks an engine for one completion per (member, prompt) row and never cares how it is
-produced. `HFEngine` (engine/hf.py) decodes with a KV cache in plain PyTorch; a vLLM backend (members as LoRA
-adapters) is meant to be one more file implementing `Engine.generate`, reusing `check_request` and
-`truncate_at_stop` so both backends refuse the same bad input and cut text the same way.
+produced. `HFEngine` (engine/hf.py) decodes with a KV cache in plain PyTorch; `VLLMEngine` (engine/vllm.py) runs
+members as per-request LoRA adapters in vLLM. Both share `check_request`, `encode_prompts`, `eos_token_ids` and
+`make_completion`, so they refuse the same bad input, feed the same prompt tokens, stop on the same tokens and cut
+text the same way.
 
 Conventions follow vLLM's `SamplingParams` / `CompletionOutput`: temperature 0 is greedy, `top_k` 0 means off,
 the returned text stops before the first stop string, and `finish_reason` says why a row ended.
@@ -72,9 +73,9 @@ class EngineStats:
     rows: int
     prompt_tokens: int
     generated_tokens: int
-    forward_passes: int
-    micro_batches: int
-    row_steps: int  # batch rows fed through decode forwards; shows what compaction saved
+    forward_passes: int  # 0 where the backend schedules its own batches and does not report them (vllm)
+    micro_batches: int  # likewise
+    row_steps: int  # batch rows fed through decode forwards; shows what compaction saved (0: not reported)
     wall_s: float
 
     @property
@@ -117,3 +118,30 @@ def truncate_at_stop(text: str, stop_strings: Sequence[str]) -> tuple[str, bool]
     """`text` cut before the earliest occurrence of any stop string, and whether one occurred (vLLM's convention)."""
     cuts = [i for i in (text.find(s) for s in stop_strings) if i >= 0]
     return (text[:min(cuts)], True) if cuts else (text, False)
+
+
+def encode_prompts(tokenizer, prompts) -> list[list[int]]:
+    """Token ids of every prompt row (token-id prompts pass through); refuses rows that tokenise to nothing."""
+    # prompts normally come from a chat template that already holds any special tokens it needs
+    rows = ([list(p) for p in prompts] if not isinstance(prompts[0], str)
+            else tokenizer(list(prompts), add_special_tokens=False)["input_ids"])
+    empty = [i for i, r in enumerate(rows) if not r]
+    if empty:
+        raise EngineError(f"prompt rows {empty[:5]} are empty after tokenisation; every row needs at least one "
+                          f"token (e.g. the tokenizer's bos token) to condition on")
+    return rows
+
+
+def eos_token_ids(model, tokenizer) -> list[int]:
+    """The tokenizer's eos plus the generation config's (an int or a list: Qwen2-Instruct lists two)."""
+    ids = {tokenizer.eos_token_id}
+    config_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    ids.update(config_eos if isinstance(config_eos, (list, tuple)) else [config_eos])
+    return sorted(i for i in ids if i is not None)
+
+
+def make_completion(tokenizer, token_ids: list[int], reason: str, stop_strings: Sequence[str]) -> Completion:
+    """A row's Completion: its tokens decoded without special tokens and cut before the first stop string."""
+    text, stopped = truncate_at_stop(tokenizer.decode(token_ids, skip_special_tokens=True), stop_strings)
+    return Completion(text=text, token_ids=token_ids, num_tokens=len(token_ids),
+                      finish_reason="stop" if stopped else reason)

@@ -22,7 +22,17 @@ from collections.abc import Sequence
 import torch
 from transformers import DynamicCache
 
-from .base import Completion, Engine, EngineError, EngineStats, SamplingParams, check_request, truncate_at_stop
+from .base import (
+    Completion,
+    Engine,
+    EngineError,
+    EngineStats,
+    SamplingParams,
+    check_request,
+    encode_prompts,
+    eos_token_ids,
+    make_completion,
+)
 
 # rows × (longest prompt + max_new_tokens) per micro-batch: 64K token slots is ~0.8 GB of bf16 KV cache for a
 # 0.5B Qwen2 (24 layers × 2 KV heads × 64 dims) and a few MB for the embedded tiny model.
@@ -72,14 +82,6 @@ def sample_tokens(logits: torch.Tensor, sampling: SamplingParams, uniforms: torc
     return order.gather(-1, pick).squeeze(-1)
 
 
-def _eos_ids(model, tokenizer) -> list[int]:
-    """The tokenizer's eos plus the generation config's (an int or a list: Qwen2-Instruct lists two)."""
-    ids = {tokenizer.eos_token_id}
-    config_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
-    ids.update(config_eos if isinstance(config_eos, (list, tuple)) else [config_eos])
-    return sorted(i for i in ids if i is not None)
-
-
 class HFEngine(Engine):
     """Batched KV-cache decoding over a transformers causal LM, optionally as population members."""
 
@@ -94,7 +96,7 @@ class HFEngine(Engine):
                               f"got {compact_every}")
         self.model, self.tokenizer, self.population = model, tokenizer, population
         self.max_batch_tokens, self.max_batch_rows, self.compact_every = max_batch_tokens, max_batch_rows, compact_every
-        self.eos_ids = _eos_ids(model, tokenizer)
+        self.eos_ids = eos_token_ids(model, tokenizer)
         # padding is masked out, so its id only has to be a valid token
         self.pad_id = next(i for i in (tokenizer.pad_token_id, *self.eos_ids, 0) if i is not None)
         # logits of the last position only: full prefill logits would be rows × prompt × vocab floats
@@ -104,7 +106,7 @@ class HFEngine(Engine):
     def generate(self, prompts: list[str] | list[list[int]], sampling: SamplingParams,
                  member_ids: Sequence[int] | None = None) -> list[Completion]:
         members = check_request(prompts, member_ids, self.population is not None)
-        rows = self._encode(prompts)
+        rows = encode_prompts(self.tokenizer, prompts)
         start = time.perf_counter()
         # one uniform per (input row, step), drawn once from the seed: see sample_tokens
         uniforms = None if sampling.greedy else torch.rand(
@@ -127,21 +129,11 @@ class HFEngine(Engine):
             if members is not None:
                 self.population.set_rows(None)
             self.model.train(was_training)
-        completions = [self._completion(ids, reason, sampling.stop_strings) for ids, reason in results]
+        completions = [make_completion(self.tokenizer, ids, reason, sampling.stop_strings) for ids, reason in results]
         self.last_stats = EngineStats(rows=len(rows), prompt_tokens=sum(map(len, rows)),
                                       generated_tokens=sum(c.num_tokens for c in completions),
                                       micro_batches=len(batches), wall_s=time.perf_counter() - start, **counts)
         return completions
-
-    def _encode(self, prompts) -> list[list[int]]:
-        # prompts normally come from a chat template that already holds any special tokens it needs
-        rows = ([list(p) for p in prompts] if not isinstance(prompts[0], str)
-                else self.tokenizer(list(prompts), add_special_tokens=False)["input_ids"])
-        empty = [i for i, r in enumerate(rows) if not r]
-        if empty:
-            raise EngineError(f"prompt rows {empty[:5]} are empty after tokenisation; every row needs at least one "
-                              f"token (e.g. the tokenizer's bos token) to condition on")
-        return rows
 
     def _forward(self, input_ids, attention_mask, position_ids, cache, counts) -> torch.Tensor:
         kwargs = {"logits_to_keep": 1} if self._logits_to_keep else {}
@@ -205,8 +197,3 @@ class HFEngine(Engine):
         for (b, r), tail in zip(open_rows, tails):
             if any(s in tail for s in stop_strings):
                 done[b], reasons[r] = True, "stop"
-
-    def _completion(self, token_ids: list[int], reason: str, stop_strings: tuple[str, ...]) -> Completion:
-        text, stopped = truncate_at_stop(self.tokenizer.decode(token_ids, skip_special_tokens=True), stop_strings)
-        return Completion(text=text, token_ids=token_ids, num_tokens=len(token_ids),
-                          finish_reason="stop" if stopped else reason)
