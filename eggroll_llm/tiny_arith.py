@@ -1,8 +1,8 @@
 """tiny-arith: seeded GSM8K-style multi-step arithmetic word problems.
 
 The task of the embedded CPU default (DESIGN.md §4). Each problem is a short story whose quantity goes
-through 1-4 operations; the gold answer shows the worked steps and ends with GSM8K's `#### N` line, so
-the same reward code scores tiny-arith and GSM8K.
+through 1-2 operations (the knobs allow more); the gold answer shows the worked steps and ends with GSM8K's
+`#### N` line, so the same reward code scores tiny-arith and GSM8K.
 
 Splits are fixed and disjoint by construction: a problem belongs to the split its question hashes to
 (80/10/10), and a split's generator rejects everything that hashes elsewhere. The same (split, n, seed,
@@ -29,7 +29,7 @@ class Difficulty:
     """Knobs of the generator. The defaults are the embedded task's."""
 
     min_steps: int = 1
-    max_steps: int = 4
+    max_steps: int = 2
     max_start: int = 30     # the starting quantity is drawn from [2, max_start]
     max_operand: int = 20   # added / removed amounts are drawn from [1, max_operand]
     max_factor: int = 4     # multiply / divide by a factor in [2, max_factor]
