@@ -171,3 +171,26 @@ def test_max_wall_s_stops_full_finetuning_early_and_saves_the_model(model_name, 
     before = load_file(f"{resolve_model(model_name)}/model.safetensors")
     after = load_file(run / "model" / "model.safetensors")
     assert any(not torch.equal(before[name], after[name]) for name in before)  # full fine-tuning moved the weights
+
+
+def test_compare_reports_a_real_grpo_run_beside_a_real_eggroll_run(lora_run, model_name, data_dir, tmp_path):
+    """The issue's CI check: two small real runs (EGGROLL and GRPO, same prompts) go through `compare`."""
+    from PIL import Image
+
+    from eggroll_llm.compare import compare
+    from eggroll_llm.trainer import train
+
+    es = {"population_size": 4, "members_per_prompt": 2, "prompts_per_member": 2, "sigma": 0.05, "lr": 0.05}
+    eggroll_config = make_config(model_name, data_dir, tmp_path / "eggroll", method="eggroll", rewards=["gsm8k"], es=es)
+    eggroll_run = train(eggroll_config, progress=False)
+    out = tmp_path / "report"
+    compare([eggroll_run, lora_run], out)
+    report = (out / "report.md").read_text()
+    summary = json.loads((out / "summary.json").read_text())
+    assert len(summary["runs"]) == 2 and "eggroll" in report and "grpo" in report
+    pngs = sorted(out.glob("*.png"))
+    assert len(pngs) >= 3
+    for png in pngs:
+        with Image.open(png) as image:
+            image.verify()  # a complete, valid PNG
+            assert image.format == "PNG" and image.size[0] > 100
