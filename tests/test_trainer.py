@@ -1,6 +1,7 @@
 """The EGGROLL trainer end to end on the embedded tiny model: run layout, determinism, resume, bad input."""
 
 import json
+import re
 
 import pytest
 import torch
@@ -133,12 +134,19 @@ def test_max_wall_s_stops_early(tmp_path):
     assert records[-1]["step"] == 1 and "eval_accuracy" in records[-1]
 
 
-def test_es_raises_a_toy_reward(tmp_path):
-    """Learning sanity on a reward ES can climb in a few steps (longer completions): the mean reward of the last
+def bigger_answer_reward(prompts, completions, **kw):
+    """A toy reward ES can climb in a few steps: the completion's last number (capped at 500), / 100."""
+    numbers = [re.findall(r"\d+", c) for c in completions]
+    return [min(int(found[-1]), 500) / 100 if found else 0.0 for found in numbers]
+
+
+def test_es_raises_a_toy_reward(tmp_path, monkeypatch):
+    """Learning sanity on a reward ES can climb in a few steps (bigger final numbers): the mean reward of the last
     steps beats the first ones. A sign error in the fold or a member/row mix-up makes this fail."""
-    config = small_config(tmp_path / "toy", rewards=["length"], max_steps=16, eval_every=100, save_every=100,
+    monkeypatch.setitem(rewards.REWARD_FUNCTIONS, "bigger", bigger_answer_reward)
+    config = small_config(tmp_path / "toy", rewards=["bigger"], max_steps=16, eval_every=100, save_every=100,
                           **{"es.population_size": 16, "es.members_per_prompt": 16, "es.prompts_per_member": 4,
-                             "es.sigma": 0.01, "es.lr": 0.3, "es.adapter_rank": 4})
+                             "es.sigma": 0.02, "es.lr": 0.3, "es.adapter_rank": 4})
     run = train(config, progress=False)
     reward = [r["reward_mean"] for r in untimed(run / "metrics.jsonl")[1:]]
-    assert sum(reward[-4:]) / 4 > sum(reward[:4]) / 4 + 0.05
+    assert sum(reward[-4:]) / 4 > 2 * sum(reward[:4]) / 4 + 0.1
