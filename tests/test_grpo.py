@@ -9,16 +9,19 @@ import json
 
 import pytest
 import torch
+from PIL import Image
 from safetensors.torch import load_file
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
 
 from eggroll_llm import grpo as grpo_module
 from eggroll_llm import rewards, tiny_arith
+from eggroll_llm.compare import compare
 from eggroll_llm.config import ConfigError, load_config
 from eggroll_llm.grpo import GRPOSection, train_grpo
 from eggroll_llm.models import EMBEDDED_MODELS, resolve_model
 from eggroll_llm.runlog import TIMING_KEYS, MetricsLog
+from eggroll_llm.trainer import train
 
 MAX_NEW_TOKENS = 8
 PROMPTS, GENERATIONS = 2, 4
@@ -175,11 +178,6 @@ def test_max_wall_s_stops_full_finetuning_early_and_saves_the_model(model_name, 
 
 def test_compare_reports_a_real_grpo_run_beside_a_real_eggroll_run(lora_run, model_name, data_dir, tmp_path):
     """The issue's CI check: two small real runs (EGGROLL and GRPO, same prompts) go through `compare`."""
-    from PIL import Image
-
-    from eggroll_llm.compare import compare
-    from eggroll_llm.trainer import train
-
     es = {"population_size": 4, "members_per_prompt": 2, "prompts_per_member": 2, "sigma": 0.05, "lr": 0.05}
     eggroll_config = make_config(model_name, data_dir, tmp_path / "eggroll", method="eggroll", rewards=["gsm8k"], es=es)
     eggroll_run = train(eggroll_config, progress=False)
