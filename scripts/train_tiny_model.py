@@ -4,12 +4,21 @@ What: a byte-level BPE tokenizer (digits split one per token, so arithmetic is l
 small Qwen2-architecture causal LM (head_dim 32, as vLLM's CPU attention needs ≥ 32) trained by supervised learning
 on tiny-arith train problems, prompt formatted exactly as `eggroll-llm eval` and the trainer format it.
 
+The training answers mix two styles: worked solutions ('15-4=11', '11*3=33', '#### 33') and, for a seeded
+`--direct-fraction` of the problems chosen regardless of the problem, a careless answer without working that stops
+after the first operation ('#### 11': right on 1-step problems, wrong on 2-step ones). Greedy decoding then answers
+without working almost always, although the worked style it also learned is right more often (60% against 42.5% on
+validation[:200]). That is the weakness reward-driven fine-tuning fixes in real LLMs (preferring to show the work),
+and here it is one low-dimensional choice, the first answer token, that a correctness reward reveals. A model
+trained on worked solutions only (`--direct-fraction 0`) errs only by arithmetic slips that neither EGGROLL nor
+GRPO fixed in ten minutes (README, "Results").
+
 Why stop early: the model must leave headroom (greedy accuracy of roughly 15-60% on the test split) so that
 fine-tuning visibly helps; `--steps` is the knob, and the script prints the test accuracy it reached.
 
-Reproducible from `--seed` on CPU with the defaults (1 thread; about 20 minutes on one core). The learning-rate
+Reproducible from `--seed` on CPU with the defaults (1 thread; about 25 minutes on one core). The learning-rate
 schedule does not depend on `--steps` (see `--decay-steps`), so `--eval-every 100` with a long `--steps` saves the
-exact models shorter runs end with; the shipped one is step 1100 of such a run. Run:
+exact models shorter runs end with; the shipped one is step 1300 of such a run. Run:
     python scripts/train_tiny_model.py --out eggroll_llm/assets/tiny-arith
 """
 
@@ -17,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import random
 import time
 from pathlib import Path
 
@@ -48,12 +58,27 @@ def build_tokenizer(texts: list[str], vocab_size: int) -> PreTrainedTokenizerFas
     return fast
 
 
-def encode_examples(tokenizer, rows) -> list[tuple[list[int], int]]:
-    """(prompt + answer + eos token ids, prompt length) per row; the loss covers the answer and eos only."""
+def sft_answer(row: dict[str, str], direct: bool) -> str:
+    """The target text: the worked steps and '#### N', or, when `direct`, a careless answer without working.
+
+    The careless answer stops after the first operation ('#### ' + the first step's result): right on 1-step
+    problems, wrong on longer ones. This gives the base model the weakness RL fixes in real LLMs, answering
+    without showing the work, as one low-dimensional choice (the first answer token) that a reward can reveal.
+    """
+    return "#### " + row["answer"].split("\n", 1)[0].rsplit("=", 1)[1] if direct else row["answer"]
+
+
+def encode_examples(tokenizer, rows, direct_fraction: float, seed: int) -> list[tuple[list[int], int]]:
+    """(prompt + answer + eos token ids, prompt length) per row; the loss covers the answer and eos only.
+
+    A seeded `direct_fraction` of the rows, chosen independently of the problem, get the careless answer instead.
+    """
+    rng = random.Random(f"direct/{seed}")
     out = []
     for row in rows:
         prompt = tokenizer(format_prompt(tokenizer, row["question"]), add_special_tokens=False)["input_ids"]
-        answer = tokenizer(row["answer"], add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+        text = sft_answer(row, direct=rng.random() < direct_fraction)
+        answer = tokenizer(text, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
         out.append((prompt + answer, len(prompt)))
     return out
 
@@ -91,8 +116,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, required=True, help="folder to write the model and tokenizer to")
     parser.add_argument("--seed", type=int, default=0, help="fixes data, init and batch order")
-    parser.add_argument("--steps", type=int, default=1100, help="optimizer steps (the accuracy knob; 1100 -> the "
-                        "shipped model, 56.2%% on the test split)")
+    parser.add_argument("--steps", type=int, default=1300, help="optimizer steps (the accuracy knob; 1300 -> the "
+                        "shipped model, 40.4%% on the test split)")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--lr", type=float, default=3e-3, help="peak AdamW learning rate (cosine decay)")
     parser.add_argument("--decay-steps", type=int, default=1500,
@@ -101,6 +126,9 @@ def main() -> None:
     parser.add_argument("--eval-every", type=int, default=0,
                         help="also score --eval-examples test problems and save a snapshot to OUT/step-N every N "
                              "steps (0: only at the end); picks --steps without retraining")
+    parser.add_argument("--direct-fraction", type=float, default=0.6,
+                        help="share of training answers that skip the worked steps (careless: '#### ' + the first "
+                             "step's result); 0 trains on worked solutions only")
     parser.add_argument("--train-examples", type=int, default=20000)
     parser.add_argument("--eval-examples", type=int, default=500, help="test problems scored at the end")
     parser.add_argument("--vocab-size", type=int, default=384)
@@ -125,7 +153,7 @@ def main() -> None:
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     print(f"model: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters, vocab {len(tokenizer)}")
 
-    examples = encode_examples(tokenizer, train_rows)
+    examples = encode_examples(tokenizer, train_rows, args.direct_fraction, args.seed)
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.01, betas=(0.9, 0.95))
     decay = args.decay_steps
     schedule = torch.optim.lr_scheduler.LambdaLR(  # 100 warm-up steps, then cosine to 0 at --decay-steps
