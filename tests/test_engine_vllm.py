@@ -18,6 +18,7 @@ from eggroll_llm.perturbed import Population, attach_eggroll
 
 INPUT_IDS = torch.randint(3, 384, (1, 12), generator=torch.Generator().manual_seed(0))
 ATOL = 1e-5
+RTOL = 1e-5  # fp32 sums in a different order differ by ~1e-6 relative on logits of size ~10
 
 
 @pytest.fixture()
@@ -60,7 +61,7 @@ def test_written_folders_reproduce_each_members_forward(perturbed_model, tmp_pat
         assert config["r"] == config["lora_alpha"] == rank == 8 and config["bias"] == "none"
         assert config["base_model_name_or_path"] == "tiny-arith-base"
         expected = eggroll_logits(model, population, member)
-        torch.testing.assert_close(peft_logits(path), expected, atol=ATOL, rtol=0)
+        torch.testing.assert_close(peft_logits(path), expected, atol=ATOL, rtol=RTOL)
         if member is not None:  # the member's noise is really in there, not just the adapter
             assert (expected - base).abs().max() > 100 * ATOL
 
