@@ -145,19 +145,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"eggroll-llm {args.command}: error: {err}", file=sys.stderr)
         return 2
     except RuntimeError as err:  # a multi-process run that lost a process: one line here, the cause in its log
-        from .distributed import DistributedError
+        from .distributed import DistributedError, exit_if_group_broken
 
         if not isinstance(err, DistributedError) or os.environ.get("EGGROLL_DEBUG"):
             raise
         print(f"eggroll-llm {args.command}: error: {err}", file=sys.stderr)
-        import torch.distributed as dist
-
-        if dist.is_available() and dist.is_initialized():
-            # the group is broken: gloo may still hold the timed-out send in a thread, and a normal interpreter
-            # exit then aborts (SIGABRT) in its destructor; leave at once with our exit code instead
-            sys.stdout.flush()
-            sys.stderr.flush()
-            os._exit(1)
+        exit_if_group_broken(1)
         return 1
 
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import sys
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -219,7 +220,23 @@ def init_processes(timeout_s: float, cpu: bool) -> Processes:
     )
 
 
+def _in_process_group() -> bool:
+    return torch.distributed.is_available() and torch.distributed.is_initialized()
+
+
 def shutdown() -> None:
     """Leave the process group at the end of a successful run (no-op without one)."""
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
+    if _in_process_group():
         torch.distributed.destroy_process_group()
+
+
+def exit_if_group_broken(code: int) -> None:
+    """After a DistributedError, leave at once with `code` (no-op without a process group).
+
+    gloo may still hold the timed-out send in a thread, and a normal interpreter exit then aborts (SIGABRT) in its
+    destructor, so the job would end with -6 instead of our exit code.
+    """
+    if _in_process_group():
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)

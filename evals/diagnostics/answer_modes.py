@@ -19,8 +19,8 @@ from pathlib import Path
 
 def modes(records: list[dict]) -> dict[str, float]:
     """Accuracy overall and per mode; an answer is unworked when its completion starts with '####'."""
+    unworked = [r for r in records if r["completion"].lstrip().startswith("####")]
     worked = [r for r in records if not r["completion"].lstrip().startswith("####")]
-    unworked = [r for r in records if r not in worked]
 
     def accuracy(rows: list[dict]) -> float | None:
         return round(sum(r["correct"] for r in rows) / len(rows), 4) if rows else None
