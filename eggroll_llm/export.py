@@ -188,8 +188,11 @@ def merge_into_base(model, layers: dict[str, EggrollLinear]) -> None:
     """Swap every EggrollLinear back for its nn.Linear holding W + ΔW (in W's dtype): a plain transformers model."""
     import torch
 
+    from .models import untie_output_head
+
     with torch.no_grad():
         for name, layer in layers.items():
+            untie_output_head(model, layer.base)  # a no-op unless this is an output head tied to the embeddings
             weight = layer.base.weight
             weight.copy_(weight.float() + layer.delta_weight().to(weight.device))
             parent, _, child = name.rpartition(".")

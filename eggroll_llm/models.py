@@ -161,12 +161,30 @@ def load_model(name: str, *, dtype: str = "float32", device: str = "cpu",
     return model
 
 
+def untie_output_head(model, head) -> None:
+    """Give the output head `head` (an nn.Linear) its own copy of a weight it shares with the input embeddings.
+
+    Merging a delta into a tied head would change the embeddings too (a different model from the one trained,
+    where only the head's output moved); the config then says the two are untied, so a saved model keeps both."""
+    import torch
+
+    embeddings = model.get_input_embeddings()
+    if embeddings is not None and head.weight is embeddings.weight:
+        head.weight = torch.nn.Parameter(head.weight.detach().clone(), requires_grad=False)
+        model.config.tie_word_embeddings = False
+
+
 def merge_adapter(model, adapter: str):
-    """Apply a PEFT LoRA adapter folder and merge it into the base weights."""
+    """Apply a PEFT LoRA adapter folder and merge it into the base weights (an adapted output head is untied from
+    the input embeddings first, see `untie_output_head`)."""
     from peft import PeftModel
 
     folder = Path(adapter).expanduser()
     if not (folder / "adapter_config.json").is_file():
         raise ModelError(f"{adapter} is not a PEFT adapter folder (no adapter_config.json); "
                          "pass the folder written by `eggroll-llm export` or a run's adapter/ folder")
-    return PeftModel.from_pretrained(model, str(folder)).merge_and_unload()
+    peft_model = PeftModel.from_pretrained(model, str(folder))  # wraps the target modules of `model` in place
+    head = model.get_output_embeddings()
+    if hasattr(head, "base_layer"):  # the adapter targets the output head
+        untie_output_head(model, head.base_layer)
+    return peft_model.merge_and_unload()

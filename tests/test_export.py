@@ -67,7 +67,7 @@ def fresh_layers(run, adapter_rank):
     config = load_config(run / "config.yaml")
     model = load_model("tiny-arith")
     layers = attach_eggroll(model, Population(config.es.population_size, config.es.sigma, seed=config.seed),
-                            adapter_rank=adapter_rank)
+                            config.es.target_modules, adapter_rank=adapter_rank)
     return model, layers
 
 
@@ -123,6 +123,20 @@ def test_merged_export_matches_with_plain_transformers(exported, lowrank_run):
     assert AutoTokenizer.from_pretrained(exported["merged"])(text).input_ids == \
         load_tokenizer("tiny-arith")(text).input_ids
     assert ModelCard.load(f"{exported['merged']}/README.md").data.library_name == "transformers"
+
+
+def test_an_adapted_output_head_tied_to_the_embeddings_exports_exactly(tmp_path_factory):
+    """tiny-arith ties lm_head to the input embeddings. Training moves the head's output only, so a merge must untie
+    the head first: merged into the shared weight, the delta would move the embeddings too (another model)."""
+    run = run_of(tmp_path_factory, "head", target_modules=["lm_head"], adapter_rank=8)
+    out = export_run(run, tmp_path_factory.mktemp("head-export") / "out", merged=True)
+    assert set(load_file(f"{out['out']}/adapter_model.safetensors")) == {
+        "base_model.model.lm_head.lora_A.weight", "base_model.model.lm_head.lora_B.weight"}
+    trained, base = logits(trained_model(run)[0]), load_model("tiny-arith")
+    assert (logits(base) - trained).abs().max() > 1e-3, "the run must have moved the head for this test to bite"
+    for model in (load_model("tiny-arith", adapter=out["out"]), AutoModelForCausalLM.from_pretrained(out["merged"])):
+        torch.testing.assert_close(logits(model.eval()), trained, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(model.get_input_embeddings().weight, base.get_input_embeddings().weight)
 
 
 def test_cli_eval_of_the_export_matches_direct_evaluation(exported, lowrank_run, capsys):
