@@ -50,6 +50,37 @@ def supervised_direction(model, tokenizer, prompts, answers) -> dict[str, torch.
     return out
 
 
+def base_estimates(model, tokenizer, prompts, answers, *, target, members: int, per_member: int, sigma: float,
+                   temperature: float, max_new_tokens: int, steps: int, first_row: int = 0, seed_offset: int = 0):
+    """ES gradient estimates at the base model, one per step with fresh prompts and noise (rank-1 antithetic members,
+    all answering the same `per_member` train prompts, rows first_row + step·per_member onward). Wraps `model`'s
+    target layers (None: every linear in the blocks) in EGGROLL layers with a dense delta, so each estimate is exact.
+
+    Yields (completion texts, scores [members, per_member], estimate: the delta of every layer, flattened in name
+    order)."""
+    population = Population(population_size=members, sigma=sigma, rank=1, antithetic=True, seed=1)
+    layers = attach_eggroll(model, population, target, "full")
+    updater = ESUpdater(layers, population, lr=1.0)
+    engine = HFEngine(model, tokenizer, population=population)
+    member_ids, slots = population_layout(members, members, per_member)
+    for k in range(steps):
+        rows = [first_row + k * per_member + s for s in slots.tolist()]
+        population.set_step(k)
+        for layer in layers.values():
+            layer.delta.zero_()  # every estimate is taken at the base model
+        sampling = SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature, seed=seed_offset + k)
+        texts = [c.text for c in engine.generate([prompts[i] for i in rows], sampling, member_ids=member_ids.tolist())]
+        scores = torch.tensor(gsm8k_reward(None, texts, [answers[i] for i in rows])).view(members, -1)
+        updater.step(shape_fitness(scores, slots.view(members, -1), "group_centered"))
+        yield texts, scores, torch.cat([layers[n].delta.flatten() for n in sorted(layers)])
+
+
+def mean_pairwise_cosine(estimates: list[torch.Tensor]) -> float:
+    """Mean cosine over all pairs of estimates: the part they share is the true ascent direction."""
+    cos = [float(torch.nn.functional.cosine_similarity(a, b, dim=0)) for a, b in itertools.combinations(estimates, 2)]
+    return sum(cos) / max(len(cos), 1)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="tiny-arith")
@@ -67,29 +98,16 @@ def main() -> None:
     prompts, answers = build_prompts(tokenizer, train, seed=0, task="tiny-arith"), list(train["answer"])
     sft = supervised_direction(model, tokenizer, prompts[10_000:10_512], answers[10_000:10_512])
 
-    population = Population(population_size=args.members, sigma=args.sigma, rank=1, antithetic=True, seed=1)
-    layers = attach_eggroll(model, population, None, "full")
-    updater = ESUpdater(layers, population, lr=1.0)
-    engine = HFEngine(model, tokenizer, population=population)
-    members, slots = population_layout(args.members, args.members, args.prompts)
     estimates = []
-    for k in range(args.estimates):
-        rows = [k * args.prompts + s for s in slots.tolist()]
-        population.set_step(k)
-        for layer in layers.values():
-            layer.delta.zero_()  # every estimate is taken at the base model
-        sampling = SamplingParams(max_new_tokens=args.max_new_tokens, temperature=args.temperature, seed=k)
-        completions = engine.generate([prompts[i] for i in rows], sampling, member_ids=members.tolist())
-        scores = torch.tensor(gsm8k_reward(None, [c.text for c in completions], [answers[i] for i in rows]))
-        updater.step(shape_fitness(scores.view(args.members, -1), slots.view(args.members, -1), "group_centered"))
-        estimates.append(torch.cat([layers[n].delta.flatten() for n in sorted(layers)]))
+    for k, (_, scores, estimate) in enumerate(base_estimates(
+            model, tokenizer, prompts, answers, target=None, members=args.members, per_member=args.prompts,
+            sigma=args.sigma, temperature=args.temperature, max_new_tokens=args.max_new_tokens, steps=args.estimates)):
+        estimates.append(estimate)
         print(f"estimate {k}: member reward {scores.mean():.3f}", flush=True)
 
-    reference = torch.cat([sft[n].flatten() for n in sorted(layers)])
-    cos = torch.nn.functional.cosine_similarity
-    pairwise = [float(cos(a, b, dim=0)) for a, b in itertools.combinations(estimates, 2)]
-    with_sft = [float(cos(g, reference, dim=0)) for g in estimates]
-    print(f"mean pairwise cosine {sum(pairwise) / len(pairwise):.4f}; cosine with the supervised direction "
+    reference = torch.cat([sft[n].flatten() for n in sorted(sft)])  # the same layers, in the estimates' order
+    with_sft = [float(torch.nn.functional.cosine_similarity(g, reference, dim=0)) for g in estimates]
+    print(f"mean pairwise cosine {mean_pairwise_cosine(estimates):.4f}; cosine with the supervised direction "
           f"{[round(c, 4) for c in with_sft]} (mean {sum(with_sft) / len(with_sft):.4f})")
 
 
