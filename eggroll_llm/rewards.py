@@ -166,3 +166,11 @@ def get_reward_function(name: str) -> Callable[..., list[float | None]]:
     close = difflib.get_close_matches(str(name), list(REWARD_FUNCTIONS), n=1)
     hint = f" (did you mean {close[0]!r}?)" if close else ""
     raise RewardError(f"unknown reward function {name!r}{hint}; valid names: {', '.join(REWARD_FUNCTIONS)}")
+
+
+# Countdown (TinyZero's task) lives in its own module; registered here so recipes and the stable names
+# `eggroll_llm.rewards.countdown_reward` / `countdown_format_reward` reach it like the GSM8K rewards.
+from .countdown import countdown_format_reward, countdown_reward  # noqa: E402  (countdown imports rewards lazily)
+
+REWARD_FUNCTIONS["countdown"] = countdown_reward
+REWARD_FUNCTIONS["countdown_format"] = countdown_format_reward
