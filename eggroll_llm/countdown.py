@@ -5,11 +5,11 @@ LLM Fine-Tuning Beyond Reinforcement Learning" (arXiv 2509.24372). A row is `{"n
 the columns of the public `Jiayi-Pan/Countdown-Tasks-3to4` set; the model answers with an arithmetic expression in
 the last `<answer> ... </answer>` block of its completion.
 
-Grading rule: the expression must use every given number exactly once (as a multiset: a number given twice may be
-used twice) and equal the target exactly. This is what both reference graders check (TinyZero's
-`verl/utils/reward_score/countdown.py` and the ES-at-scale paper's countdown grader compare the sorted numbers of
-the expression with the sorted given numbers), although the prompts' "each number can only be used once" reads as
-"at most once"; the prompt here states the rule as graded. Scores are therefore comparable with the paper's.
+Grading rule: the expression may use each given number at most once (as a multiset: a number given twice may be
+used twice), may leave numbers out, and must equal the target exactly. This is the rule the task states to the
+model ("each number can only be used once"). The reference graders are stricter: TinyZero's
+`verl/utils/reward_score/countdown.py` and the ES-at-scale paper's grader also require every number to be used, so
+scores here are an upper bound of theirs on the same completions.
 Departures, each from parsing instead of `eval`: `**` and `//` are refused (Python's eval accepts them), `×`, `÷`
 and the unicode minus are read as * / -, and values are exact rationals (7 / 2 * 2 == 7), not floats.
 
@@ -30,6 +30,7 @@ from __future__ import annotations
 import operator
 import random
 import re
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from fractions import Fraction
@@ -112,7 +113,7 @@ def make_split(split: str, n: int, seed: int = 0, difficulty: Difficulty = Diffi
 def countdown_prompt(nums: Sequence[int], target: int) -> str:
     """The user turn of a problem, in TinyZero's format: think, then the bare expression in <answer> tags."""
     return (f"Using the numbers {[int(n) for n in nums]}, write an arithmetic expression that equals {int(target)}. "
-            "Use each number exactly once, with +, -, * and / and parentheses as needed. Show your reasoning in "
+            "Use each number at most once, with +, -, * and / and parentheses as needed. Show your reasoning in "
             "<think> </think> tags, then give only the final expression in <answer> </answer> tags, "
             "for example <answer> (1 + 2) / 3 </answer>.")
 
@@ -216,10 +217,10 @@ class _Parser:
 
 
 def is_correct(text: str, nums: Sequence[int], target: int | Fraction) -> bool:
-    """Whether a completion's last <answer> expression uses exactly the given numbers and equals the target."""
+    """Whether a completion's last <answer> expression uses each given number at most once and equals the target."""
     expression = extract_expression(text)
     parsed = parse_expression(expression) if expression is not None else None
-    return (parsed is not None and parsed.value is not None and sorted(parsed.numbers) == sorted(nums)
+    return (parsed is not None and parsed.value is not None and Counter(parsed.numbers) <= Counter(nums)
             and parsed.value == target)
 
 
@@ -273,7 +274,8 @@ def _check_columns(completions: Sequence, source: str, **columns: Any) -> None:
 
 def countdown_reward(prompts: Sequence, completions: Sequence, nums: Sequence, target: Sequence,
                      **kwargs: Any) -> list[float]:
-    """TRL reward: 1.0 where the last <answer> expression uses every number of `nums` once and equals `target`."""
+    """TRL reward: 1.0 where the last <answer> expression uses each number of `nums` at most once and equals
+    `target`, else 0.0."""
     from .rewards import completion_text
 
     _check_columns(completions, "countdown_reward", nums=nums, target=target)

@@ -95,7 +95,7 @@ def test_splits_are_disjoint_by_order_free_key_and_rows_distinct():
 def test_prompt_states_numbers_target_rule_and_answer_format():
     prompt = countdown_prompt([44, 19, 35], 98)
     assert "[44, 19, 35]" in prompt and "98" in prompt
-    assert "exactly once" in prompt and "<answer> (1 + 2) / 3 </answer>" in prompt and "<think>" in prompt
+    assert "at most once" in prompt and "<answer> (1 + 2) / 3 </answer>" in prompt and "<think>" in prompt
     assert countdown_prompt(np.array([1, 2, 3]), np.int64(6)) == countdown_prompt([1, 2, 3], 6)
 
 
@@ -188,20 +188,24 @@ def test_reward_scores_right_answers_one_and_everything_else_zero():
         "44 + 44 + 10",                 # a number reused (and others missing)
         "44 + 19 + 35 - 19 + 19",       # a number reused, the value still right
         "(44 + 19) * 35 / 35 + 35 - 63",  # unavailable numbers around right ones
-        "44 + 54",                      # right value but 19 and 35 unused: every number must be used
+        "44 + 54",                      # right value, but 54 is not given
         "98",                           # the bare target
         "44 + 19 + 35 / 0",             # division by zero
         "44 + 19 + 35 = 98",            # an equation, not an expression
         "", "__import__('os')", "44 + 19 + 35 # comment",
     ]:
         assert score(answer(wrong), nums, target) == 0.0, wrong
+    assert score(answer("44 + 19 + 35"), [44, 19, 35, 2], target) == 1.0  # numbers may be left out
+    assert score(answer("44 + 19 + 35"), [44, 19, 2, 2], target) == 0.0  # 35 is not among them
+    assert score(answer("2 * 49"), [2, 49, 49], target) == 1.0  # a number given twice may be used once
     assert score("44 + 19 + 35", nums, target) == 0.0  # no <answer> block
     assert score(answer("44 + 19 + 35"), nums, 99) == 0.0
 
 
 def test_reward_uses_multiset_and_exact_arithmetic():
     assert score(answer("58 / 58 + 39"), [58, 39, 58], 40) == 1.0  # a number given twice may be used twice
-    assert score(answer("58 + 39"), [58, 39, 58], 97) == 0.0
+    assert score(answer("58 + 39"), [58, 39, 58], 97) == 1.0  # ... or once
+    assert score(answer("58 + 58 + 58"), [58, 39, 58], 174) == 0.0  # but not three times
     assert score(answer("7 \u00f7 2 \u00d7 2 \u2212 1"), [7, 2, 2, 1], 6) == 1.0
     assert score(answer("1000001 / 1000000"), [1000001, 1000000], 1) == 0.0  # within 1e-5 but not equal
     assert score(answer("7 / 2"), [7, 2], "3.5") == 1.0  # a numeric-string target is read exactly
