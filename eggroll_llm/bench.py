@@ -71,8 +71,7 @@ def bench_engine(args) -> dict:
 
     from .engine import SamplingParams
     from .engine.hf import HFEngine
-    from .perturbed import Population, attach_eggroll
-    from .trainer import population_layout
+    from .es import EggrollES, population_layout
 
     device = default_device(args.device)
     model, tokenizer, described = build_bench_model(args.model, args.arch, args.dtype, device, args.seed)
@@ -84,8 +83,9 @@ def bench_engine(args) -> dict:
     prompts = [prompts_by_slot[s].tolist() for s in slots.tolist()]
     sampling = SamplingParams(max_new_tokens=args.new_tokens, ignore_eos=True)
 
-    population = Population(population_size=args.members, sigma=args.sigma, rank=args.rank, seed=args.seed)
-    layers = attach_eggroll(model, population, None, args.adapter_rank)
+    es = EggrollES(model, population_size=args.members, sigma=args.sigma, lr=1e-3, rank=args.rank,
+                   adapter_rank=args.adapter_rank, seed=args.seed)
+    population, layers = es.ask(), es.layers
     for layer in layers.values():  # a trained-looking adapter, so (b) pays for it as a real run does
         if layer.adapter_rank != "full":
             layer.lora_U.copy_(1e-3 * torch.randn(layer.lora_U.shape, generator=gen))
@@ -100,7 +100,6 @@ def bench_engine(args) -> dict:
                           prompts_by_slot.shape[0], "prompt_len": args.prompt_len, "new_tokens": args.new_tokens},
                "rank": args.rank, "adapter_rank": args.adapter_rank}
 
-    population.set_step(0)
     member_ids = members.tolist()
     if args.engine == "vllm":
         return {**figures, **_bench_vllm(args, plain_model, model, tokenizer, population, prompts, member_ids,
@@ -172,16 +171,20 @@ def bench_fold(args) -> dict:
     """Seconds per ES update (regenerate noise + fold into every adapter) for a model and population size."""
     import torch
 
-    from .es import ESUpdater
-    from .perturbed import Population, attach_eggroll
+    from .es import EggrollES
 
     device = default_device(args.device)
     model, _, described = build_bench_model(args.model, args.arch, args.dtype, device, args.seed)
-    population = Population(population_size=args.members, sigma=args.sigma, rank=args.rank, seed=args.seed)
-    layers = attach_eggroll(model, population, None, args.adapter_rank)
-    updater = ESUpdater(layers, population, lr=1e-3)
+    es = EggrollES(model, population_size=args.members, sigma=args.sigma, lr=1e-3, rank=args.rank,
+                   adapter_rank=args.adapter_rank, seed=args.seed, fitness="none")
+    layers = es.layers
     fitness = torch.randn(args.members, generator=torch.Generator().manual_seed(args.seed))
-    seconds, mem = _timed(lambda: updater.step(fitness), args.repeats, device)
+
+    def one_update():
+        es.ask()
+        es.tell(fitness)
+
+    seconds, mem = _timed(one_update, args.repeats, device)
     return {"model": described, "device": device, "members": args.members, "rank": args.rank,
             "adapter_rank": args.adapter_rank, "layers": len(layers), "fold_s_per_step": seconds, "peak_mem_mb": mem}
 
