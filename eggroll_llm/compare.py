@@ -185,7 +185,7 @@ def attach_budgets(runs: list[Run]) -> list[str]:
     flops, lacking = {}, {}
     for run in runs:
         for axis in AXES[:3]:
-            run.budgets[axis.key] = [float(r[axis.key]) for r in run.records]
+            run.budgets[axis.key] = [r[axis.key] for r in run.records]
         flops[run.label], why = flops_curve(run.config, run.records)
         if why:
             lacking.setdefault(why, []).append(run.label)

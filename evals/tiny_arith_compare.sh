@@ -5,7 +5,8 @@
 # methods' runs of one seed go at once, one CPU thread each, so on a 2-core machine each run has one core to itself
 # for the same 10 minutes; the seeds run one after another.
 #   bash evals/tiny_arith_compare.sh [--seeds K] [--eval-limit N] [--results DIR] [RUNS_DIR] [-- OVERRIDE ...]
-#   (about 11 minutes a seed on a 2-core CPU: 35 minutes for 3 seeds)
+#   (about 20 minutes a seed on a 2-core CPU, an hour for 3: evaluating 500 problems every 5 steps adds to the
+#   10 minutes of training each run is allowed)
 # OVERRIDEs go to every training run, as `eggroll-llm train` takes them; a quick check of the script itself:
 #   bash evals/tiny_arith_compare.sh --seeds 2 --eval-limit 20 --results /tmp/check /tmp/check-runs -- --max_wall_s 20
 # Paths are relative to the repository root. Writes RUNS_DIR/{eggroll,grpo}-seedS (default runs/compare-DATE),
