@@ -23,7 +23,7 @@ import yaml
 from .budget import AXES, Axis, flops_curve
 from .io import atomic_directory, atomic_write_text
 from .runlog import MetricsLog
-from .stats import CONFIDENCE, Interval, bootstrap_interval, mcnemar_exact, mean_interval, normalised_area
+from .stats import CONFIDENCE, Interval, bootstrap_interval, mcnemar_exact, mean_interval, normalised_area, pick_winner
 
 NOT_A_RUN = "{} is not a run directory ({}); pass folders written by `eggroll-llm train`"
 METRICS = {"eval_accuracy": "held-out accuracy", "eval_reward": "held-out reward"}
@@ -267,32 +267,6 @@ def summarize_group(members: list[dict]) -> dict:
         "mean_tokens_per_s": over(lambda m: m["mean_tokens_per_s"]), "peak_mem_mb": over(lambda m: m["peak_mem_mb"]),
         "updates": over(lambda m: m["updates"]),
     }
-
-
-def pick_winner(intervals: dict[str, Interval], higher: bool, eligible: set[str] | None = None) -> dict:
-    """The leader (best mean among `eligible` groups) and whether its interval clears every other group's.
-
-    `winner` is the leader only when it does: non-overlapping 95% intervals are a conservative test (a difference
-    they show has p well under 0.05). Where intervals overlap the verdict is "no significant difference", and with
-    one seed there is no interval to test.
-    """
-    if len(intervals) < 2:
-        return {"leader": None, "winner": None, "verdict": "one group: nothing to compare"}
-    candidates = [g for g, iv in intervals.items() if iv.mean is not None and (eligible is None or g in eligible)]
-    if not candidates:
-        return {"leader": None, "winner": None, "verdict": "no group qualifies"}
-    leader = (max if higher else min)(candidates, key=lambda g: intervals[g].mean)
-    best, others = intervals[leader], [iv for g, iv in intervals.items() if g != leader]
-    if any(iv.mean == best.mean for iv in others):
-        return {"leader": None, "winner": None, "verdict": "tied"}
-    if any(iv.mean is not None and (iv.mean > best.mean if higher else iv.mean < best.mean) for iv in others):
-        # an ineligible group (some seeds never reached the target) looks better on its censored values
-        return {"leader": None, "winner": None, "verdict": "no significant difference"}
-    if any(iv.n < 2 for iv in [best, *others]):
-        return {"leader": leader, "winner": None, "verdict": "one seed: not tested"}
-    clear = all(iv.mean is None or (best.low > iv.high if higher else best.high < iv.low) for iv in others)
-    return {"leader": leader, "winner": leader if clear else None,
-            "verdict": "significant" if clear else "no significant difference"}
 
 
 def winners(groups: dict[str, dict], axes: list[Axis], target: float | None, paired: dict | None) -> dict:

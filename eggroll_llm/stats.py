@@ -6,6 +6,7 @@ Pure functions, no I/O. docs/compare.md says how each figure of a report is comp
 - `bootstrap_interval`: percentile bootstrap of a mean over problems, seeded, a fixed number of resamples.
 - `mcnemar_exact`: the exact (binomial) McNemar test on the discordant pairs of two paired 0/1 outcomes.
 - `normalised_area`: the area under a piecewise-linear curve over [0, upper], divided by upper.
+- `pick_winner`: the best of several intervals, and whether it clears all the others.
 """
 
 from __future__ import annotations
@@ -148,3 +149,31 @@ def normalised_area(x: Sequence[float], y: Sequence[float], upper: float) -> flo
     xs = [v for v in x if v < upper] + [upper]
     ys = np.interp(xs, x, y)
     return float(sum((x1 - x0) * (y0 + y1) / 2 for x0, x1, y0, y1 in zip(xs, xs[1:], ys, ys[1:])) / upper)
+
+
+def pick_winner(intervals: dict[str, Interval], higher: bool, eligible: set[str] | None = None) -> dict:
+    """The leader (best mean among the `eligible` names, default all) and whether its interval clears every other.
+
+    `winner` is the leader only when it does: non-overlapping 95% intervals are a conservative test (a difference
+    they show has p well under 0.05). Where intervals overlap the verdict is "no significant difference", and with
+    one value (one seed) there is no interval to test. An ineligible interval with a better mean than the leader's
+    leaves the order undecided (compare.py: groups with seeds that never reach the target, counted at their total
+    budgets, stopped before the leader got there). Intervals without values take no part.
+    """
+    if len(intervals) < 2:
+        return {"leader": None, "winner": None, "verdict": "one group: nothing to compare"}
+    found = {g: iv for g, iv in intervals.items() if iv.mean is not None}
+    candidates = [g for g in found if eligible is None or g in eligible]
+    if not candidates:
+        return {"leader": None, "winner": None, "verdict": "no group qualifies"}
+    leader = (max if higher else min)(candidates, key=lambda g: found[g].mean)
+    best, others = found[leader], [iv for g, iv in found.items() if g != leader]
+    if any(iv.mean == best.mean for iv in others):
+        return {"leader": None, "winner": None, "verdict": "tied"}
+    if any(iv.mean > best.mean if higher else iv.mean < best.mean for iv in others):
+        return {"leader": None, "winner": None, "verdict": "undecided: runs that never reach it stopped sooner"}
+    if any(iv.n < 2 for iv in [best, *others]):
+        return {"leader": leader, "winner": None, "verdict": "one seed: not tested"}
+    clear = all(best.low > iv.high if higher else best.high < iv.low for iv in others)
+    return {"leader": leader, "winner": leader if clear else None,
+            "verdict": "significant" if clear else "no significant difference"}
