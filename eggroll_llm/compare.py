@@ -21,6 +21,7 @@ from pathlib import Path
 import yaml
 
 from .budget import AXES, Axis, flops_curve
+from .compare_report import groups_table, render_report, winners_table, write_plots
 from .io import atomic_directory, atomic_write_text
 from .runlog import MetricsLog
 from .stats import CONFIDENCE, Interval, bootstrap_interval, mcnemar_exact, mean_interval, normalised_area, pick_winner
@@ -342,8 +343,6 @@ def check_comparable(runs: list[Run], metric: str) -> list[str]:
 def compare(run_dirs: list[str | Path], out: str | Path = "compare", target: float | None = None,
             labels: list[str] | None = None, force: bool = False) -> dict:
     """Write report.md, the plots and summary.json into `out`; returns the summary (what summary.json holds)."""
-    from .compare_report import render_report, write_plots
-
     paths, out = [Path(p) for p in run_dirs], Path(out)
     check_out(out, paths, force)
     runs = [load_run(p) for p in paths]                # every folder is checked before anything is written
@@ -402,8 +401,6 @@ def add_compare_parser(subparsers) -> None:
 
 
 def run_compare(args) -> int:
-    from .compare_report import groups_table, winners_table
-
     labels = [label.strip() for label in args.labels.split(",")] if args.labels else None
     summary = compare(args.runs, args.out, args.target, labels, force=args.force)
     print(groups_table(summary), winners_table(summary), sep="\n\n")
