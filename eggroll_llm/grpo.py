@@ -117,14 +117,14 @@ class RunLogCallback(TrainerCallback):
     """
 
     def __init__(self, log: MetricsLog, tally: RolloutTally, held_out: Callable[[torch.nn.Module, int], dict],
-                 totals: RunTotals, eval_every: int, max_wall_s: float | None, sizes: dict):
+                 totals: RunTotals, eval_every: int, max_wall_s: float | None):
         self.log, self.tally, self.held_out, self.totals = log, tally, held_out, totals
-        self.eval_every, self.max_wall_s, self.sizes = eval_every, max_wall_s, sizes
+        self.eval_every, self.max_wall_s = eval_every, max_wall_s
         self._start = 0.0
 
     def on_train_begin(self, args, state, control, model=None, **kwargs):
         if state.global_step == 0:  # a resumed run already holds its step-0 record
-            self.log.log({**RunTotals().record(), **self.sizes, **self.held_out(model, 0)})
+            self.log.log({**RunTotals().record(), **parameter_counts(model), **self.held_out(model, 0)})
 
     def on_step_begin(self, args, state, control, **kwargs):
         self._start = time.perf_counter()
@@ -142,6 +142,15 @@ class RunLogCallback(TrainerCallback):
         if state.global_step % self.eval_every == 0 or state.global_step >= state.max_steps or out_of_time:
             record.update(self.held_out(model, state.global_step))
         self.log.log(record)
+
+
+def parameter_counts(model: torch.nn.Module) -> dict:
+    """model_params (the base model's, LoRA factors aside) and trainable_params (what the optimizer updates), as
+    EGGROLL logs them, for compare's FLOPs estimate."""
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
+    lora = sum(p.numel() for name, p in model.named_parameters() if "lora_" in name)
+    return {"model_params": total - lora, "trainable_params": trainable}
 
 
 def _restore(run_dir: Path, log: MetricsLog) -> tuple[str | None, RunTotals]:
@@ -211,7 +220,6 @@ class GRPOBaselineTrainer:
         run_dir = prepare_run_dir(config, resume_from_checkpoint)
         model, tokenizer = self.model, self.tokenizer
         model.requires_grad_(grpo.lora_rank == 0)  # LoRA: PEFT unfreezes its own factors
-        sizes = {"model_params": sum(p.numel() for p in model.parameters())}
         log = MetricsLog(run_dir / "metrics.jsonl", open_trackers(config.report_to, run_dir, to_dict(config)))
         checkpoint, totals = _restore(run_dir, log) if resume_from_checkpoint else (None, RunTotals())
         prompt_lengths: dict[str, int] = {}
@@ -249,7 +257,7 @@ class GRPOBaselineTrainer:
             # choice); with Adam the scale trades against learning_rate, so it is not a separate knob.
             peft_config = LoraConfig(r=grpo.lora_rank, lora_alpha=2 * grpo.lora_rank, target_modules="all-linear",
                                      task_type="CAUSAL_LM")
-        callback = RunLogCallback(log, tally, self.held_out, totals, config.eval_every, config.max_wall_s, sizes)
+        callback = RunLogCallback(log, tally, self.held_out, totals, config.eval_every, config.max_wall_s)
         trainer = GRPOTrainer(model=model, reward_funcs=tally.reward_fns, args=args, train_dataset=self.train_dataset,
                               processing_class=tokenizer, callbacks=[callback], peft_config=peft_config)
         if config.disable_tqdm:
