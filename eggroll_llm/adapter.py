@@ -128,3 +128,15 @@ def decay(U: Tensor, V: Tensor, factor: float) -> tuple[Tensor, Tensor]:
         raise ValueError(f"decay factor must be >= 0, got {factor} (is lr * weight_decay > 1?)")
     root = math.sqrt(factor)
     return U * root, V * root
+
+
+def lowrank_change_norm(U0: Tensor, V0: Tensor, U1: Tensor, V1: Tensor) -> float:
+    """‖U1 V1ᵀ − U0 V0ᵀ‖_F from the factors alone: the step's size without building either [m, n] matrix.
+
+    With L = [U1, U0] and R = [V1, −V0] the difference is L Rᵀ, and ‖L Rᵀ‖² = Σ (LᵀL) ∘ (RᵀR), two [2R, 2R] Gram
+    matrices. They are summed in float64: a small step is the difference of two large adapters, and fp32 Gram
+    entries would cancel to rounding noise.
+    """
+    L = torch.cat([U1, U0], dim=1).to(torch.float64)                                  # [m, 2R]
+    R = torch.cat([V1, -V0], dim=1).to(torch.float64)                                 # [n, 2R]
+    return float(((L.T @ L) * (R.T @ R)).sum().clamp_min(0).sqrt())

@@ -1,15 +1,27 @@
-"""The ES core: `EggrollES`, one ask/tell object that owns the step, the fitness shaping and the update.
+"""The ES core: `EggrollES`, one ask/tell object that owns the step, the fitness shaping and the update, for any
+nn.Module.
 
-docs/design.md §1/§3: after the population is scored, the fitness-weighted noise factors are folded into each
-target layer's fp32 adapter: ΔW += lr · g with g = 1/(N√r) Σ_k c_k A_k B_kᵀ (1/σ divided out). Noise is regenerated
-from its key here, never kept from the forward passes. State (adapters, momentum, step) is explicit and
-checkpointable, in the ask/tell style of evosax. The LLM trainer, export, bench and the diagnostics all use this
-one object.
+docs/design.md §1: member i of a step scores the parameters θ + s_i σ ε_k (antithetic partners share ε_k with signs
+±1), ε regenerated from the key (seed, step // noise_reuse, parameter index), and the step moves θ by lr times the
+fitness-weighted noise (1/σ divided out). Two modes hold θ:
+
+- in place (the default, as in torcheggroll and eggroll-trainer): the module's own parameters are the centre. The
+  strategy (strategy.py: EGGROLL's low-rank noise by default, OpenAI-ES's dense noise, or a subclass) draws the
+  noise; after a step the model *is* the new centre and is saved or used as usual (inplace.py, es_layers.py);
+- adapter mode (`adapter_rank=R` or "full"): target nn.Linear layers keep W and learn an fp32 adapter ΔW, as the
+  LLM trainer does (adapter_backend.py; EGGROLL noise only).
+
+Two ways to score a step:
 
     es = EggrollES(model, population_size=64, sigma=0.05, lr=0.05)
-    for _ in range(steps):
-        scores = es.evaluate(score_population)   # score_population(model, population) -> [N], one batched forward
-        es.tell(scores)
+    metrics = es.step(fitness_fn)          # fitness_fn(model) -> float, called once per member under its noise
+
+    scores = es.evaluate(score_population) # score_population(model, population) -> [N]: ONE batched forward,
+    stats = es.tell(scores)                #   after population.set_rows(member id of each row of dim 0)
+
+`tell` also takes scores [N, J] with `prompt_ids` [N, J] (the LLM trainer's layout: group-centred fitness compares
+members on equal prompts). State (parameters or adapters, momentum, step) is explicit and checkpointable, in the
+ask/tell style of evosax; `merge()` hands back the plain model.
 """
 
 from __future__ import annotations
@@ -19,122 +31,85 @@ from typing import Callable
 import torch
 from torch import nn
 
-from .adapter import decay, es_step_coefficients, fold_dense, fold_lowrank
+from .adapter_backend import AdapterBackend
+from .es_layers import select_targets
 from .fitness import check_fitness_method, shape_fitness
-from .noise import layer_noise, noise_seed
-from .perturbed import EggrollLinear, Population, attach_eggroll
+from .inplace import InPlaceBackend
+from .perturbed import Population, attach_eggroll
+from .strategy import EggrollStrategy, Strategy
 
 
-class ESUpdater:
-    """SGD (optionally with momentum and decoupled weight decay) on the adapters of EggrollLinear layers."""
-
-    def __init__(self, layers: dict[str, EggrollLinear], population: Population, *, lr: float,
-                 momentum: float = 0.0, weight_decay: float = 0.0):
-        if lr <= 0:
-            raise ValueError(f"lr must be > 0, got {lr}")
-        self.layers, self.population = layers, population
-        self.lr, self.momentum, self.weight_decay = lr, momentum, weight_decay
-        self.velocity: dict[str, tuple[torch.Tensor, ...]] = {}  # momentum buffers, same shape as each adapter
-
-    def checked(self, fitness: torch.Tensor) -> torch.Tensor:
-        """fp32 CPU fitness of shape [N], finite: one NaN would silently corrupt every adapter."""
-        fitness = fitness.to(torch.float32).cpu()
-        if fitness.shape != (self.population.population_size,):
-            raise ValueError(f"fitness has shape {tuple(fitness.shape)}, expected ({self.population.population_size},)")
-        if not bool(torch.isfinite(fitness).all()):
-            raise ValueError("fitness contains NaN or inf; check the reward function and the fitness shaping")
-        return fitness
-
-    def layer_noise(self, layer: EggrollLinear) -> tuple[torch.Tensor, torch.Tensor]:
-        """The fp32 factors every member of this step used on `layer`, regenerated from their key."""
-        pop = self.population
-        m, n = layer.base.out_features, layer.base.in_features
-        key = noise_seed(pop.seed, pop.step, pop.noise_reuse, layer.layer_index)
-        return layer_noise(key, pop.num_pairs, m, n, pop.rank, layer.base.weight.device)
-
-    @torch.no_grad()
-    def step(self, fitness: torch.Tensor) -> dict[str, float]:
-        """Fold the ES step for the population's current step into every adapter; returns update statistics."""
-        pop = self.population
-        fitness = self.checked(fitness)
-        coeffs = es_step_coefficients(fitness, pop.pairs.cpu(), pop.signs.cpu(), pop.num_pairs, pop.population_size,
-                                      pop.rank, 1.0)  # coefficients of g itself; lr applied below
-        sq_norm = 0.0
-        for name, layer in self.layers.items():
-            A, B = self.layer_noise(layer)                 # A: [P, m, r]  B: [P, n, r]
-            c = coeffs.to(A.device)
-            keep = 1.0 - self.lr * self.weight_decay
-            if layer.adapter_rank == "full":
-                g = fold_dense(torch.zeros_like(layer.delta), A, B, c)
-                if self.momentum:
-                    g = self.velocity[name][0] * self.momentum + g if name in self.velocity else g
-                    self.velocity[name] = (g,)
-                before = layer.delta.clone()
-                layer.delta.copy_(layer.delta * keep + self.lr * g)
-                sq_norm += float((layer.delta - before).pow(2).sum())
-                continue
-            R = layer.adapter_rank
-            if self.momentum:  # velocity ← μ·velocity + g, kept at the adapter's rank
-                mu, mv = self.velocity.get(name, (torch.zeros_like(layer.lora_U), torch.zeros_like(layer.lora_V)))
-                mu, mv = fold_lowrank(*decay(mu, mv, self.momentum), A, B, c, R)
-                self.velocity[name] = (mu, mv)
-                A, B, c = mu[None], mv[None], torch.ones(1, device=A.device)  # step along the velocity instead
-            before = layer.delta_weight()
-            U, V = decay(layer.lora_U, layer.lora_V, keep) if keep != 1.0 else (layer.lora_U, layer.lora_V)
-            U, V = fold_lowrank(U, V, A, B, c * self.lr, R)
-            layer.lora_U.copy_(U)
-            layer.lora_V.copy_(V)
-            sq_norm += float((layer.delta_weight() - before).pow(2).sum())
-        return {"update_norm": sq_norm ** 0.5, "fitness_std": float(fitness.std()) if fitness.numel() > 1 else 0.0}
-
-    def state_dict(self) -> dict[str, torch.Tensor]:
-        return {f"{name}.velocity.{i}": t.cpu() for name, ts in self.velocity.items() for i, t in enumerate(ts)}
-
-    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        self.velocity = {}
-        for name, layer in self.layers.items():
-            parts = [state[k] for k in sorted(k for k in state if k.startswith(f"{name}.velocity."))]
-            if parts:
-                self.velocity[name] = tuple(p.to(layer.base.weight.device) for p in parts)
+def check_optimizer(lr: float, momentum: float, weight_decay: float) -> None:
+    """Refuse settings that make the update diverge or flip sign every step (μ ≥ 1, lr·wd ≥ 1)."""
+    if not lr > 0:
+        raise ValueError(f"lr must be > 0, got {lr}")
+    if not 0.0 <= momentum < 1.0:
+        raise ValueError(f"momentum must lie in [0, 1) (heavy ball: μ ≥ 1 never forgets a step), got {momentum}")
+    if not (weight_decay >= 0 and lr * weight_decay < 1):
+        raise ValueError(f"weight_decay must be >= 0 with lr * weight_decay < 1 (each step keeps 1 - lr * weight_decay "
+                         f"of the parameters), got weight_decay {weight_decay} at lr {lr}")
 
 
 class EggrollES:
-    """EGGROLL as one ask/tell object: the population's noise, the step counter, fitness shaping and the fold.
+    """EGGROLL (or another strategy) as one ask/tell object over `model`.
 
-    Wraps the target nn.Linear layers of `model` (`attach_eggroll`); updates fold into their fp32 adapters. One step:
+    One batched step, by hand:
 
-        population = es.ask()                     # this step's noise; say which member each batch row is:
-        population.set_rows(member_ids)           #   population_rows / population_layout give the layouts
-        scores = score(model(inputs))             # ONE batched forward for the whole population
-        stats = es.tell(scores, prompt_ids)       # shape fitness (`fitness`), fold the ES step, next step
+        population = es.ask()                     # this step's noise
+        population.set_rows(member_ids)           # member of each row of dim 0; layouts: population_rows
+        scores = score(model(inputs))             # ONE forward for the whole population, under torch.no_grad()
+        stats = es.tell(scores)                   # shape fitness (`fitness`), update, next step
 
-    `scores` is [N] (one score per member) or [N, J] with `prompt_ids` [N, J] naming the prompt of each score (the
-    LLM trainer's layout: group-centred fitness compares members on equal prompts). `fitness` is one of
-    fitness.FITNESS_METHODS; "none" takes the scores as already shaped fitness.
+    Fastest layout for MLPs: one row per member holding all of its samples (x: [N, B, features], rows arange(N));
+    with x = X.expand(N, -1, -1) the first layer's base matmul runs once. Conv and embedding inputs take the flat
+    member-major layout ([N·B, ...], rows population_rows(population, B)): equal runs of a member cost the same.
+
+    Selection (in place): every parameter with requires_grad=True, narrowed by `target_modules` (module names: list
+    of suffixes or a regex) and `param_filter(name, param) -> bool`; frozen parameters are never touched. `rank` is
+    the rank of EGGROLL's noise; give `strategy=` for another strategy. `fitness` is one of fitness.FITNESS_METHODS
+    ("none" takes the scores as already shaped fitness). The step counter is `step_index`.
     """
 
     def __init__(self, model: nn.Module, *, population_size: int, sigma: float, lr: float, rank: int = 1,
-                 adapter_rank: int | str = 1, antithetic: bool = True, noise_reuse: int = 1, seed: int = 0,
-                 target_modules: list[str] | str | None = None, momentum: float = 0.0, weight_decay: float = 0.0,
-                 fitness: str = "group_centered"):
+                 adapter_rank: int | str | None = None, strategy: Strategy | None = None, antithetic: bool = True,
+                 noise_reuse: int = 1, seed: int = 0, target_modules: list[str] | str | None = None,
+                 param_filter: Callable[[str, nn.Parameter], bool] | None = None, momentum: float = 0.0,
+                 weight_decay: float = 0.0, fitness: str = "group_centered"):
         check_fitness_method(fitness)
-        self.model, self.fitness, self.step = model, fitness, 0
+        check_optimizer(lr, momentum, weight_decay)
+        self.model, self.fitness, self.step_index = model, fitness, 0
         self.population = Population(population_size=population_size, sigma=sigma, rank=rank, antithetic=antithetic,
                                      seed=seed, noise_reuse=noise_reuse)
-        self.layers = attach_eggroll(model, self.population, target_modules, adapter_rank)
-        self.updater = ESUpdater(self.layers, self.population, lr=lr, momentum=momentum, weight_decay=weight_decay)
+        optimizer = dict(lr=lr, momentum=momentum, weight_decay=weight_decay)
+        if adapter_rank is None:
+            if strategy is not None and rank != 1:
+                raise ValueError(f"rank={rank} is EGGROLL's default strategy setting; with strategy= give the rank to "
+                                 "the strategy, e.g. EggrollStrategy(rank=4)")
+            self.strategy = EggrollStrategy(rank) if strategy is None else strategy
+            self.targets = select_targets(model, target_modules, param_filter)
+            self.layers = {}
+            self.backend = InPlaceBackend(model, self.population, self.strategy, self.targets, **optimizer)
+        else:
+            if strategy is not None or param_filter is not None:
+                raise ValueError("adapter mode (adapter_rank=...) is EGGROLL on the nn.Linear layers that "
+                                 "target_modules selects; strategy= and param_filter= need the in-place mode "
+                                 "(adapter_rank=None)")
+            self.strategy, self.targets = EggrollStrategy(rank), {}
+            self.layers = attach_eggroll(model, self.population, target_modules, adapter_rank)
+            self.backend = AdapterBackend(model, self.layers, self.population, **optimizer)
 
     @classmethod
     def from_config(cls, model: nn.Module, es, seed: int) -> EggrollES:
-        """The ES of a run: `es` is the run config's `es` section (config.ESConfig)."""
+        """The ES of a run (adapter mode): `es` is the run config's `es` section (config.ESConfig)."""
         return cls(model, population_size=es.population_size, sigma=es.sigma, lr=es.lr, rank=es.rank,
                    adapter_rank=es.adapter_rank, antithetic=es.antithetic, noise_reuse=es.noise_reuse, seed=seed,
                    target_modules=es.target_modules, momentum=es.momentum, weight_decay=es.weight_decay,
                    fitness=es.fitness)
 
     def ask(self) -> Population:
-        """Begin step `self.step`: the population now carries this step's noise (rows: set them per forward)."""
-        self.population.set_step(self.step)
+        """Begin step `step_index`: the population now carries this step's noise (rows: set them per forward)."""
+        self.population.set_step(self.step_index)
+        self.backend.begin_step()
         return self.population
 
     def evaluate(self, score_population: Callable[[nn.Module, Population], torch.Tensor]) -> torch.Tensor:
@@ -146,46 +121,48 @@ class EggrollES:
         finally:
             population.set_rows(None)
 
+    def step(self, fitness_fn: Callable[[nn.Module], float]) -> dict[str, float]:
+        """One whole step scored member by member: `fitness_fn(model)` runs once per member with that member's
+        parameters written into the model (no gradients), then `tell`. The model is its exact centre again before
+        the update, even when `fitness_fn` raises. Returns the raw scores' mean and max and tell's statistics."""
+        population = self.ask()
+        scores = torch.empty(population.population_size, dtype=torch.float64)
+        with self.backend.members() as apply, torch.no_grad():
+            for member in range(population.population_size):
+                apply(member)
+                scores[member] = float(fitness_fn(self.model))
+        stats = self.tell(scores)
+        return {"fitness_mean": float(scores.mean()), "fitness_max": float(scores.max()), **stats}
+
     def tell(self, scores: torch.Tensor, prompt_ids: torch.Tensor | None = None) -> dict[str, float]:
-        """Shape `scores` into fitness, fold the ES step into the adapters and move to the next step."""
-        scores = torch.as_tensor(scores, dtype=torch.float32).cpu()
+        """Shape `scores` into fitness, update the parameters (or adapters) and move to the next step."""
+        scores = torch.as_tensor(scores).to(torch.float32).cpu()
         N = self.population.population_size
         if scores.dim() not in (1, 2) or scores.shape[0] != N:
             raise ValueError(f"scores have shape {tuple(scores.shape)}; expected [{N}] (one per member) or "
                              f"[{N}, J] (J prompts per member, with prompt_ids)")
+        if not bool(torch.isfinite(scores).all()):  # one NaN would silently corrupt every parameter
+            raise ValueError("scores contain NaN or inf; check the fitness / reward function")
+        self.backend.check_coverage()
         grid = scores if scores.dim() == 2 else scores[:, None]                     # [N, J]
         ids = torch.zeros(grid.shape, dtype=torch.long) if prompt_ids is None else torch.as_tensor(prompt_ids)
-        stats = self.updater.step(shape_fitness(grid, ids.reshape(grid.shape), self.fitness))
-        self.step += 1
+        fitness = shape_fitness(grid, ids.reshape(grid.shape), self.fitness)        # [N]
+        stats = self.backend.update(fitness)
+        self.step_index += 1
         return stats
 
     def state_dict(self) -> dict[str, torch.Tensor]:
-        """Adapters, optimizer state and the step: everything a resumed run needs (tensors, for safetensors)."""
-        state = {f"adapter.{k}": v for k, v in adapter_state(self.layers).items()}
-        state.update({f"optimizer.{k}": v.contiguous() for k, v in self.updater.state_dict().items()})
-        return {**state, "es.step": torch.tensor(self.step)}
+        """Parameters (in place) or adapters, optimizer state and the step: everything a resumed run needs."""
+        return {**self.backend.state_dict(), "es.step": torch.tensor(self.step_index)}
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        load_adapter_state(self.layers, {k[len("adapter."):]: v for k, v in state.items() if k.startswith("adapter.")})
-        self.updater.load_state_dict({k[len("optimizer."):]: v for k, v in state.items()
-                                      if k.startswith("optimizer.")})
-        self.step = int(state["es.step"])
+        self.backend.load_state_dict(state)
+        self.step_index = int(state["es.step"])
 
-
-def adapter_state(layers: dict[str, EggrollLinear]) -> dict[str, torch.Tensor]:
-    """Every adapter buffer (lora_U / lora_V, or delta) by `layer.buffer` name, on the CPU."""
-    return {f"{name}.{key}": t.detach().cpu().contiguous()
-            for name, layer in layers.items() for key, t in layer.named_buffers(recurse=False)}
-
-
-def load_adapter_state(layers: dict[str, EggrollLinear], state: dict[str, torch.Tensor]) -> None:
-    for name, layer in layers.items():
-        for key, buffer in layer.named_buffers(recurse=False):
-            full = f"{name}.{key}"
-            if full not in state or state[full].shape != buffer.shape:
-                raise ValueError(f"checkpoint does not match the model: {full} missing or of another shape; "
-                                 "resume with the recipe the run was started with")
-            buffer.copy_(state[full])
+    def merge(self) -> nn.Module:
+        """The plain model back: hooks removed (in place), or every ΔW merged into its nn.Linear (adapter mode).
+        The ES object is not usable afterwards."""
+        return self.backend.detach()
 
 
 def population_rows(population: Population, batch_size: int, device=None) -> torch.Tensor:

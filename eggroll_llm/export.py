@@ -183,14 +183,16 @@ def load_run(run_dir: str | Path):
 
 
 def merge_into_base(model, layers: dict[str, EggrollLinear]) -> None:
-    """Swap every EggrollLinear back for its nn.Linear holding W + ΔW (in W's dtype): a plain transformers model."""
+    """Swap every EggrollLinear back for its nn.Linear holding W + ΔW (in W's dtype): the plain model (a transformers
+    model, or any nn.Module such as an nn.Sequential)."""
     import torch
 
     from .models import untie_output_head
 
     with torch.no_grad():
         for name, layer in layers.items():
-            untie_output_head(model, layer.base)  # a no-op unless this is an output head tied to the embeddings
+            if hasattr(model, "get_input_embeddings"):  # a transformers model: its output head may be tied
+                untie_output_head(model, layer.base)  # a no-op unless this is an output head tied to the embeddings
             weight = layer.base.weight
             weight.copy_(weight.float() + layer.delta_weight().to(weight.device))
             parent, _, child = name.rpartition(".")

@@ -276,7 +276,8 @@ def attach_eggroll(model: nn.Module, population: Population, target_modules: lis
     Default targets (DESIGN.md §1): every nn.Linear inside the transformer blocks (modules under an indexed
     container such as `model.layers.3`); the output head, embeddings and norms stay frozen. For a model without
     an output head (not a transformers model), every nn.Linear. "all-linear" means what it means in PEFT.
-    All of the model's parameters are frozen: ES needs no gradients.
+    The wrapped layers' own weights and biases are frozen (requires_grad=False): their trained part is the adapter,
+    a buffer, and ES needs no gradients. The model's other parameters are left as they are.
     """
     if adapter_rank != "full" and (isinstance(adapter_rank, bool) or not isinstance(adapter_rank, int)
                                    or adapter_rank < 1):
@@ -300,9 +301,9 @@ def attach_eggroll(model: nn.Module, population: Population, target_modules: lis
             f"target_modules={target_modules!r} matches no nn.Linear in {type(model).__name__}; its linear layers "
             f"end in: {', '.join(suffixes) or '(none)'}. Give a list of these names (matched as suffixes of the "
             "full module name) or a regex that matches the full name, e.g. '.*\\.(q_proj|v_proj)'")
-    model.requires_grad_(False)
     layers = {}
     for index, (name, base) in enumerate(chosen):
+        base.requires_grad_(False)
         parent, _, child = name.rpartition(".")
         layers[name] = EggrollLinear(base, index, population, adapter_rank)
         setattr(model.get_submodule(parent), child, layers[name])

@@ -226,10 +226,11 @@ def test_target_modules_follow_peft_matching():
     assert list(attach_eggroll(copy.deepcopy(model), pop, ["lm_head"])) == ["lm_head"]  # explicit: allowed
     layers = attach_eggroll(copy.deepcopy(model), pop, "all-linear")
     assert len(layers) == 14 and "lm_head" not in layers
-    attached = copy.deepcopy(model)
+    attached = copy.deepcopy(model).requires_grad_(True)
     layers = attach_eggroll(attached, pop)
     assert len(layers) == 14 and list(eggroll_layers(attached)) == list(layers)
-    assert not any(p.requires_grad for p in attached.parameters())
+    wrapped = {id(p) for layer in layers.values() for p in layer.parameters()}
+    assert wrapped and all(p.requires_grad == (id(p) not in wrapped) for p in attached.parameters())  # rest untouched
     state = attached.state_dict()
     assert "model.layers.0.mlp.up_proj.lora_U" in state and "model.layers.0.mlp.up_proj.lora_V" in state
     with pytest.raises(TargetModulesError, match="already has EGGROLL layers"):

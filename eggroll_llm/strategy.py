@@ -1,0 +1,145 @@
+"""ES strategies for the generic layer: how members are sampled around the centre, and how fitness becomes a step.
+
+A strategy is the part of an evolution strategy that differs between methods, in the ask/tell style of evosax:
+
+- `noise(target, key, num_pairs)` samples the P perturbation directions ε_k of one parameter as a pure function of
+  its key (seed, step // noise_reuse, parameter index; noise.py), so every process and every pass regenerates them;
+- `weights(fitness, pairs, signs, num_pairs)` turns member fitness into one weight per direction;
+- `gradient(target, noise, weights)` turns those into the ascent direction g of the parameter.
+
+Member i scores the parameter θ + s_i σ ε_{k(i)} (s_i = ±1: antithetic partners share ε_k). The defaults give the
+ES gradient estimate with 1/σ divided out (docs/design.md §1),
+
+    g = 1/N Σ_i f_i s_i ε_{k(i)} = Σ_k w_k ε_k,     w_k = 1/N Σ_{i in pair k} f_i s_i,
+
+and the ES object (es.EggrollES) applies lr, momentum and weight decay. A direction is one of two kinds, which the
+batched forward (es_layers.py) knows how to apply without building any member's weights:
+
+- `LowRankNoise(A [P, m, r], B [P, n, r])`: ε_k = A_k B_kᵀ / √r on the parameter's matrix view [m, n] (the 1/√r
+  keeps each entry's variance at 1 whatever the rank);
+- `DenseNoise(E [P, *shape])`: ε_k = E_k.
+
+`EggrollStrategy` (EGGROLL, arXiv 2511.16652) draws low-rank directions for matrices (Linear and Embedding weights,
+conv kernels viewed as [out, in·k…]) and dense Gaussian ones for everything else (biases, norm weights);
+openai_es.OpenAIStrategy draws dense Gaussian directions everywhere. A new strategy subclasses `Strategy`:
+
+    class Rademacher(Strategy):                      # ±1 directions instead of Gaussian ones
+        def noise(self, target, key, num_pairs):
+            g = torch.Generator(target.param.device).manual_seed(key)
+            E = torch.randint(0, 2, (num_pairs, *target.shape), generator=g, device=target.param.device)
+            return DenseNoise(2.0 * E - 1.0)
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import NamedTuple, Union
+
+import torch
+from torch import Tensor, nn
+
+from .fitness import antithetic_coefficients
+from .noise import layer_noise
+
+
+@dataclass(frozen=True, eq=False)
+class Target:
+    """One parameter the ES moves. `index` is its place in the noise key; `matrix` the [m, n] view that low-rank
+    noise factors (2-D weights as they are, conv kernels as [out, in·k…]), None for other shapes."""
+
+    name: str
+    index: int
+    param: nn.Parameter
+    matrix: tuple[int, int] | None
+
+    @property
+    def shape(self) -> torch.Size:
+        return self.param.shape
+
+
+class LowRankNoise(NamedTuple):
+    """ε_k = A_k B_kᵀ / √r on a target's [m, n] matrix view. A: [P, m, r], B: [P, n, r], fp32."""
+
+    A: Tensor
+    B: Tensor
+
+
+class DenseNoise(NamedTuple):
+    """ε_k = E_k. E: [P, *shape], fp32."""
+
+    E: Tensor
+
+
+Noise = Union[LowRankNoise, DenseNoise]
+
+
+def gaussian(target: Target, key: int, num_pairs: int) -> DenseNoise:
+    """Dense standard-normal directions [P, *shape], one draw per parameter from its key."""
+    device = target.param.device
+    generator = torch.Generator(device=device).manual_seed(key)
+    return DenseNoise(torch.randn(num_pairs, *target.shape, generator=generator, device=device, dtype=torch.float32))
+
+
+def member_noise(target: Target, noise: Noise, pair: int) -> Tensor:
+    """ε_pair materialised in the parameter's shape, fp32 (for the per-member scoring path and for tests)."""
+    if isinstance(noise, DenseNoise):
+        return noise.E[pair]
+    A, B = noise
+    return (A[pair] @ B[pair].T / math.sqrt(A.shape[-1])).view(target.shape)       # [m, n] -> shape
+
+
+def weighted_sum(target: Target, noise: Noise, weights: Tensor) -> Tensor:
+    """Σ_k w_k ε_k in the parameter's shape, fp32, without materialising any ε_k. weights: [P]."""
+    if isinstance(noise, DenseNoise):
+        return torch.tensordot(weights.to(noise.E.device), noise.E, dims=1)           # [*shape]
+    A, B = noise                                                                      # [P, m, r], [P, n, r]
+    P, m, r = A.shape
+    n = B.shape[1]
+    scaled = A * (weights.to(A.device) / math.sqrt(r))[:, None, None]
+    # Σ_k A_k diag(w_k/√r) B_kᵀ = [A_1 … A_P] [B_1 … B_P]ᵀ: one [m, P r] @ [P r, n] matmul
+    left = scaled.permute(1, 0, 2).reshape(m, P * r)
+    right = B.permute(1, 0, 2).reshape(n, P * r)
+    return (left @ right.T).view(target.shape)
+
+
+class Strategy:
+    """Base class of ES strategies; override `noise` (required) and, for another estimator, `weights` / `gradient`.
+
+    Strategies hold no state between steps: the ES object owns the step, the optimizer state and the parameters,
+    so a strategy stays a pair of pure functions that any process can re-run from the same key and fitness.
+    """
+
+    def noise(self, target: Target, key: int, num_pairs: int) -> Noise:
+        """The P directions ε_k of `target` at this step, a pure function of `key`, on the parameter's device."""
+        raise NotImplementedError(f"{type(self).__name__} must define noise(target, key, num_pairs)")
+
+    def weights(self, fitness: Tensor, pairs: Tensor, signs: Tensor, num_pairs: int) -> Tensor:
+        """w_k = 1/N Σ_{i in pair k} f_i s_i → [P]: the weight of direction k in the step (fitness: [N], shaped)."""
+        return antithetic_coefficients(fitness, pairs, signs, num_pairs) / fitness.numel()
+
+    def gradient(self, target: Target, noise: Noise, weights: Tensor) -> Tensor:
+        """The ascent direction g = Σ_k w_k ε_k of `target`, fp32, in its shape."""
+        return weighted_sum(target, noise, weights)
+
+
+class EggrollStrategy(Strategy):
+    """EGGROLL: rank-`rank` directions A_k B_kᵀ/√r for every matrix, dense Gaussian ones for other parameters.
+
+    A matrix's factors come from the same draw as the adapter path's (noise.layer_noise), so a Linear weight at
+    index i sees exactly the noise an adapter-mode layer with layer index i sees.
+    """
+
+    def __init__(self, rank: int = 1):
+        if isinstance(rank, bool) or not isinstance(rank, int) or rank < 1:
+            raise ValueError(f"rank (of the noise A_k B_kᵀ) must be a positive int, got {rank!r}")
+        self.rank = rank
+
+    def noise(self, target: Target, key: int, num_pairs: int) -> Noise:
+        if target.matrix is None:
+            return gaussian(target, key, num_pairs)
+        m, n = target.matrix
+        return LowRankNoise(*layer_noise(key, num_pairs, m, n, self.rank, target.param.device))
+
+    def __repr__(self) -> str:
+        return f"EggrollStrategy(rank={self.rank})"
