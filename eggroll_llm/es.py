@@ -126,11 +126,12 @@ class EggrollES:
         parameters written into the model (no gradients), then `tell`. The model is its exact centre again before
         the update, even when `fitness_fn` raises. Returns the raw scores' mean and max and tell's statistics."""
         population = self.ask()
-        scores = torch.empty(population.population_size, dtype=torch.float64)
+        values = []
         with self.backend.members() as apply, torch.no_grad():
             for member in range(population.population_size):
                 apply(member)
-                scores[member] = float(fitness_fn(self.model))
+                values.append(float(fitness_fn(self.model)))
+        scores = torch.tensor(values, dtype=torch.float64)
         stats = self.tell(scores)
         return {"fitness_mean": float(scores.mean()), "fitness_max": float(scores.max()), **stats}
 

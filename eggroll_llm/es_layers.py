@@ -181,8 +181,8 @@ class LinearHook(_Hook):
         elif isinstance(weight, DenseNoise):
             E = weight.E[pairs] * scales[:, None, None]
             out = torch.baddbmm(out, x2.expand(rows, -1, -1), E.transpose(1, 2).to(x0.dtype))
-        if bias is not None:
-            out = out + (bias.E[pairs] * scales[:, None]).to(y0.dtype)[:, None, :]
+        if bias is not None:  # out is a fresh tensor once the weight's noise went in; else the expanded y0
+            out = _add(out, (bias.E[pairs] * scales[:, None]).to(y0.dtype)[:, None, :], inplace=weight is not None)
         return out.reshape(rows, *y0.shape[1:])
 
 

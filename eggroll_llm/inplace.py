@@ -79,13 +79,16 @@ class InPlaceBackend:
         """`apply(i)` writes member i's parameters into the model; the exact centre is written back on exit."""
         pop = self.population
         centre = {name: t.param.detach().clone() for name, t in self.targets.items()}
+        writes = [(t, centre[name], self.noise(t)) for name, t in self.targets.items()]
+        pairs, scales = pop.pairs.tolist(), (pop.signs * pop.sigma).tolist()   # per member, as Python numbers
+
+        @torch.no_grad()
+        def apply(member: int) -> None:
+            for target, kept, noise in writes:
+                write_member(target, kept, noise, pairs[member], scales[member])
+
         try:
-            with torch.no_grad():
-                def apply(member: int) -> None:
-                    pair, scale = int(pop.pairs[member]), float(pop.signs[member]) * pop.sigma
-                    for name, t in self.targets.items():
-                        write_member(t, centre[name], self.noise(t), pair, scale)
-                yield apply
+            yield apply
         finally:
             with torch.no_grad():
                 for name, t in self.targets.items():
@@ -95,7 +98,7 @@ class InPlaceBackend:
     def update(self, fitness: Tensor) -> dict[str, float]:
         pop = self.population
         weights = self.strategy.weights(fitness, pop.pairs, pop.signs, pop.num_pairs)       # [P]
-        sq_norm = torch.zeros((), dtype=torch.float64)
+        sq_norm = 0.0
         for name, t in self.targets.items():
             g = self.strategy.gradient(t, self.noise(t), weights).to(torch.float32)
             if g.shape != t.shape:
@@ -104,12 +107,17 @@ class InPlaceBackend:
             if self.momentum:  # heavy ball: v ← μ v + g, out of place (g may alias the strategy's tensors)
                 g = g if name not in self.velocity else torch.add(g, self.velocity[name], alpha=self.momentum)
                 self.velocity[name] = g
-            step = g * self.lr
-            if self.weight_decay:
-                step.sub_(t.param.detach().float(), alpha=self.lr * self.weight_decay)
-            t.param.add_(step.to(t.param.dtype))
-            sq_norm += step.pow(2).sum().double().cpu()
-        return {"update_norm": float(sq_norm.sqrt()),
+            if not self.weight_decay and t.param.dtype == torch.float32:
+                t.param.add_(g, alpha=self.lr)     # no temporary the size of the parameter
+                flat, scale = g.reshape(-1), self.lr
+            else:
+                step = g * self.lr
+                if self.weight_decay:
+                    step.sub_(t.param.detach().float(), alpha=self.lr * self.weight_decay)
+                t.param.add_(step.to(t.param.dtype))
+                flat, scale = step.reshape(-1), 1.0
+            sq_norm += scale ** 2 * float(torch.dot(flat, flat))
+        return {"update_norm": sq_norm ** 0.5,
                 "fitness_std": float(fitness.std()) if fitness.numel() > 1 else 0.0}
 
     def state_dict(self) -> dict[str, Tensor]:

@@ -2,16 +2,18 @@
 
     python evals/es_classifier.py [--steps 100] [--json OUT.json]
 
-Both methods train the same MLP (2 → hidden → hidden → 2, default hidden 512) on two noisy concentric rings, from
+Every method trains the same MLP (2 → hidden → hidden → 2, default hidden 512) on two noisy concentric rings, from
 the same initial weights, with the same population, σ, lr, noise keys and fitness (centred ranks of −cross-entropy,
 Salimans et al. 2017), each scoring its whole population in one batched forward (one batch row per member, its
-samples along the sequence axis). They differ only in the member noise: rank-r A_i B_iᵀ (EGGROLL, with a rank-R or a
-dense adapter) or a dense E_i (OpenAI-ES). The hidden width is what separates them: per layer and step the noise is
-N/2·(m+n)·r values for EGGROLL and N/2·m·n for OpenAI-ES, and the forward adds two thin bmm's instead of a full one.
+samples along the sequence axis). They differ only in the member noise and where the update goes: EGGROLL's rank-r
+A_k B_kᵀ on the weight matrices (dense on the biases) folded into the parameters in place, the same noise folded
+into a rank-R adapter on the weights only (the LLM trainer's mode), or OpenAI-ES's dense E_k on every parameter, in
+place. The hidden width is what separates them: per weight matrix and step the noise is N/2·(m+n)·r values for
+EGGROLL and N/2·m·n for OpenAI-ES, and the forward adds two thin bmm's instead of a full one.
 
-Noise memory is computed from the layer shapes (fp32 draw per step, and its per-row gathered copy in the forward),
-not measured. Timings use `--threads` torch threads (default 1: the reference machine's 2 cores are shared, and
-oversubscribed threads make timings meaningless); the whole script runs in about a minute on one core.
+Noise memory is computed from the parameter shapes (fp32 draw per step, and its per-row gathered copy in the
+forward), not measured. Timings use `--threads` torch threads (default 1: the reference machine's 2 cores are
+shared, and oversubscribed threads make timings meaningless); the whole script runs in about a minute on one core.
 """
 
 from __future__ import annotations
@@ -30,7 +32,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from eggroll_llm.es import EggrollES, population_rows
-from eggroll_llm.openai_es import DenseNoiseLinear, OpenAIES
+from eggroll_llm.openai_es import OpenAIES
+from eggroll_llm.strategy import LowRankNoise
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -45,7 +48,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--sigma", type=float, default=0.02, help="noise scale σ, same for both methods")
     p.add_argument("--lr", type=float, default=0.25, help="learning rate, same for both methods")
     p.add_argument("--rank", type=int, default=1, help="EGGROLL noise rank r")
-    p.add_argument("--adapter-rank", type=int, default=16, help="EGGROLL low-rank adapter rank R")
+    p.add_argument("--adapter-rank", type=int, default=16, help="rank R of the adapter-mode EGGROLL run")
     p.add_argument("--seed", type=int, default=0, help="seeds the data, the initial weights and the noise keys")
     # Output
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads for the timings")
@@ -84,16 +87,16 @@ def accuracy(model: nn.Module, X: torch.Tensor, y: torch.Tensor) -> float:
         return float((model(X).argmax(-1) == y).float().mean())
 
 
-def noise_bytes(es: EggrollES | OpenAIES) -> tuple[int, int]:
-    """fp32 bytes of (the step's noise draw, its per-row gathered copy in the forward), summed over target layers."""
+def noise_bytes(es: EggrollES) -> tuple[int, int]:
+    """fp32 bytes of (the step's noise draw, its per-row gathered copy in the forward), summed over the targets."""
     pop, rows = es.population, es.population.population_size  # one row per member in this script's forward
-    draw = gathered = 0
-    for layer in es.layers.values():
-        m, n = layer.out_features, layer.in_features
-        per_member = m * n if isinstance(layer, DenseNoiseLinear) else (m + n) * pop.rank
-        draw += pop.num_pairs * per_member
-        gathered += rows * per_member
-    return 4 * draw, 4 * gathered
+    if es.layers:  # adapter mode: rank-r factors of every wrapped weight
+        shapes = [(layer.out_features + layer.in_features) * pop.rank for layer in es.layers.values()]
+    else:
+        es.ask()
+        shapes = [sum(f[0].numel() for f in noise) if isinstance(noise, LowRankNoise) else noise.E[0].numel()
+                  for noise in (es.backend.noise(t) for t in es.targets.values())]
+    return 4 * pop.num_pairs * sum(shapes), 4 * rows * sum(shapes)
 
 
 def train(method: str, es_factory, args: argparse.Namespace, train_set, test_set) -> dict:
@@ -135,11 +138,10 @@ def main(argv: list[str] | None = None) -> None:
     generator = torch.Generator().manual_seed(args.seed)
     train_set, test_set = circles(args.batch, generator), circles(args.test_size, generator)
     methods = {
-        f"eggroll r={args.rank} R={args.adapter_rank}":
+        f"eggroll r={args.rank} in place": lambda model, **kw: EggrollES(model, rank=args.rank, **kw),
+        f"eggroll r={args.rank} adapter R={args.adapter_rank}":
             lambda model, **kw: EggrollES(model, rank=args.rank, adapter_rank=args.adapter_rank, **kw),
-        f"eggroll r={args.rank} R=full":
-            lambda model, **kw: EggrollES(model, rank=args.rank, adapter_rank="full", **kw),
-        "openai-es": lambda model, **kw: OpenAIES(model, **kw),
+        "openai-es in place": lambda model, **kw: OpenAIES(model, **kw),
     }
     results = [train(name, factory, args, train_set, test_set) for name, factory in methods.items()]
     print(f"N={args.population}, hidden={args.hidden}, batch={args.batch}, steps={args.steps}, "
