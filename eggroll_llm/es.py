@@ -77,7 +77,7 @@ class EggrollES:
                  weight_decay: float = 0.0, fitness: str = "group_centered"):
         check_fitness_method(fitness)
         check_optimizer(lr, momentum, weight_decay)
-        self.model, self.fitness, self.step_index = model, fitness, 0
+        self.model, self.fitness, self.step_index, self.merged = model, fitness, 0, False
         self.population = Population(population_size=population_size, sigma=sigma, rank=rank, antithetic=antithetic,
                                      seed=seed, noise_reuse=noise_reuse)
         optimizer = dict(lr=lr, momentum=momentum, weight_decay=weight_decay)
@@ -108,6 +108,9 @@ class EggrollES:
 
     def ask(self) -> Population:
         """Begin step `step_index`: the population now carries this step's noise (rows: set them per forward)."""
+        if self.merged:
+            raise RuntimeError("this EggrollES was merged back into its model (es.merge()); build a new one to "
+                               "train on")
         self.population.set_step(self.step_index)
         self.backend.begin_step()
         return self.population
@@ -163,6 +166,7 @@ class EggrollES:
     def merge(self) -> nn.Module:
         """The plain model back: hooks removed (in place), or every ΔW merged into its nn.Linear (adapter mode).
         The ES object is not usable afterwards."""
+        self.merged = True
         return self.backend.detach()
 
 

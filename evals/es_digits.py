@@ -142,11 +142,12 @@ def plot(results: list[dict], path: Path) -> None:
     for row, kind in enumerate(("cnn", "mlp")):
         for r in (r for r in results if r["network"] == kind):
             c = r["curve"]
-            for col, key in enumerate(("train_s", "sample_forwards")):
-                axes[row, col].plot([p[key] for p in c], [p["test_accuracy"] for p in c], label=r["method"],
-                                    color=colours[r["method"]])
+            for col, key in enumerate(("train_s", "sample_forwards")):  # log axes: the untrained point is left out
+                points = [p for p in c if p[key] > 0]
+                axes[row, col].plot([p[key] for p in points], [p["test_accuracy"] for p in points], marker=".",
+                                    label=r["method"], color=colours[r["method"]])
+                axes[row, col].set_xscale("log")
         axes[row, 0].set_ylabel(f"{kind.upper()}: test accuracy")
-        axes[row, 1].set_xscale("log")
     axes[1, 0].set_xlabel("training wall-clock (s, one CPU thread)")
     axes[1, 1].set_xlabel("sample forward passes (Adam: + backward)")
     axes[0, 0].legend()

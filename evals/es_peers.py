@@ -2,8 +2,9 @@
 eggroll-trainer 0.1.0 and eggroll-es 0.2.0, each through its own public API, on two problems:
 
 - toy: a 64-256-1 tanh MLP student regressed onto a fixed teacher of the same shape, fitness −MSE on 512 fixed
-  samples, population 64, rank 4, 50 steps. Each library runs at its best (σ, lr) from the grid below (picked on
-  seed 0), then 3 seeds × 3 interleaved repeats give its final fitness and its median seconds per step;
+  samples, population 64, rank 4, 50 steps. Each library runs at its best (σ, lr) on seed 0 from a coarse grid
+  (SIGMAS × LRS) refined around its best (× REFINE on each axis), then 3 seeds × 3 interleaved repeats give its
+  final fitness and its median seconds per step;
 - probe: one 1024-4096-1024 ReLU MLP (8.4M parameters), population 64, every member scored on the same 32 inputs
   (fitness −MSE against fixed targets): two steps, each timed, and the peak memory above the process's memory
   before the ES object was built, against one plain batched forward of the same inputs (64 × 32 rows).
@@ -34,8 +35,9 @@ ROOT = Path(__file__).resolve().parents[1]
 LIBRARIES = ("eggroll_llm step", "eggroll_llm batched", "eggroll-trainer", "torcheggroll", "eggroll-es")
 PEERS = {"eggroll-trainer": "eggroll-trainer==0.1.0", "torcheggroll": "torcheggroll==0.2.0",
          "eggroll-es": "eggroll-es==0.2.0"}
-SIGMAS = (0.01, 0.03, 0.1)
-LRS = (0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0)
+SIGMAS = (0.003, 0.01, 0.03, 0.1)                           # coarse grid, then a finer one around each best
+LRS = (1e-4, 3e-4, 1e-3, 3e-3, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0)
+REFINE = (0.5, 0.7, 1.0, 1.4, 2.0)                          # factors on the coarse best σ and lr
 POPULATION, RANK = 64, 4
 
 
@@ -215,9 +217,12 @@ def main(argv: list[str] | None = None) -> None:
         return
     libraries, started = args.libraries, time.time()
     grids, best = {}, {}
-    for library in libraries:  # grid on seed 0, one worker per library
+    for library in libraries:  # grid on seed 0, one worker per library: coarse, then refined around its best
         settings = [[s, lr, 0] for s in SIGMAS for lr in LRS]
-        grids[library] = run_worker("toy", library, settings, args.steps)["runs"]
+        coarse = run_worker("toy", library, settings, args.steps)["runs"]
+        around = best_setting(coarse)
+        settings = [[around["sigma"] * a, around["lr"] * b, 0] for a in REFINE for b in REFINE if (a, b) != (1, 1)]
+        grids[library] = coarse + run_worker("toy", library, settings, args.steps)["runs"]
         best[library] = best_setting(grids[library])
         print(f"grid {library}: best σ={best[library]['sigma']} lr={best[library]['lr']} "
               f"fitness {best[library]['final_fitness']:.4f}", flush=True)
@@ -238,8 +243,9 @@ def main(argv: list[str] | None = None) -> None:
                    "cpu_count": os.cpu_count(), "torch_threads": 1, "python": platform.python_version(),
                    "packages": installed_versions()}
         config = {"steps": args.steps, "seeds": args.seeds, "repeats": args.repeats, "population": POPULATION,
-                  "rank": RANK, "grid": {"sigma": SIGMAS, "lr": LRS}, "probe": "1024-4096-1024 ReLU MLP, "
-                  "32 shared inputs, σ 0.01, lr 0.01, 2 steps", "toy": "64-256-1 tanh MLP, 512 samples"}
+                  "rank": RANK, "grid": {"sigma": SIGMAS, "lr": LRS, "refine_factors": REFINE},
+                  "probe": "1024-4096-1024 ReLU MLP, 32 shared inputs, σ 0.01, lr 0.01, 2 steps",
+                  "toy": "64-256-1 tanh MLP, 512 samples"}
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps({"command": " ".join(["python", *sys.argv]), "config": config,
                                          "machine": machine, "wall_s": round(time.time() - started),

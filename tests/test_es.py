@@ -352,3 +352,5 @@ def test_merge_returns_the_plain_model_computing_the_same(setup):
     assert not any(m._forward_hooks or m._forward_pre_hooks for m in plain.modules())
     torch.testing.assert_close(plain(X), trained, atol=1e-5, rtol=1e-5)
     assert list(plain.state_dict()) == list(mlp(hidden=8).state_dict())
+    with pytest.raises(RuntimeError, match="merged"):
+        es.step(lambda m: 0.0)

@@ -203,3 +203,32 @@ def test_fallback_reruns_a_module_with_tuple_outputs_per_member():
     got = es.evaluate(score)
     reference = torch.stack([materialised(es, base, i)(x, x, x)[0] for i in range(N)])
     torch.testing.assert_close(got, reference, atol=1e-5, rtol=1e-4)
+
+
+class Scaled(nn.Module):
+    """A custom module with a parameter of its own around a Linear child: the fallback re-runs it per member, and the
+    child's hook then sees only that member's rows."""
+
+    def __init__(self):
+        super().__init__()
+        self.inner = nn.Linear(3, 4)
+        self.scale = nn.Parameter(torch.linspace(0.5, 1.5, 4))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.inner(x) * self.scale
+
+
+def test_fallback_module_with_a_hooked_child_equals_materialised_members():
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        base = nn.Sequential(Scaled(), nn.Tanh(), nn.Linear(4, 2))
+    model, x = copy.deepcopy(base), torch.randn(5, 3)
+    es = EggrollES(model, population_size=N, sigma=0.2, lr=0.1, rank=2)
+
+    def score(model, population):
+        population.set_rows(torch.arange(N).repeat_interleave(5))
+        return model(x.repeat(N, 1)).view(N, 5, 2)
+
+    got = es.evaluate(score)
+    reference = torch.stack([materialised(es, base, i)(x) for i in range(N)])
+    torch.testing.assert_close(got, reference, atol=1e-5, rtol=1e-4)
