@@ -15,7 +15,10 @@ eggroll-trainer 0.1.0 and eggroll-es 0.2.0, each through its own public API, on 
 Every measurement runs in its own worker process (`--worker`) with one torch thread, so peak memory is the worker's
 own and timings do not share a process with another library. eggroll_llm runs from this checkout (sys.path), the
 peers from the environment's site-packages. The project's layer is measured on both of its scoring paths:
-`es.step(fitness_fn)` (one forward per member, as eggroll-trainer) and batched (`evaluate` / `tell`, one forward).
+`es.step(fitness_fn)` (one forward per member, as eggroll-trainer) and batched (`evaluate` / `tell`, one forward),
+with EGGROLL's rank-4 noise, and once more per member with its dense OpenAI-ES strategy: eggroll-es's "rank"
+perturbation is dense too (an elementwise sum of r products), and the toy is small enough for the rank of the noise
+to show in the final fitness.
 """
 
 from __future__ import annotations
@@ -32,7 +35,8 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-LIBRARIES = ("eggroll_llm step", "eggroll_llm batched", "eggroll-trainer", "torcheggroll", "eggroll-es")
+LIBRARIES = ("eggroll_llm step", "eggroll_llm batched", "eggroll_llm step openai-es", "eggroll-trainer", "torcheggroll",
+             "eggroll-es")
 PEERS = {"eggroll-trainer": "eggroll-trainer==0.1.0", "torcheggroll": "torcheggroll==0.2.0",
          "eggroll-es": "eggroll-es==0.2.0"}
 SIGMAS = (0.003, 0.01, 0.03, 0.1)                           # coarse grid, then a finer one around each best
@@ -95,9 +99,13 @@ def make_step(library: str, model, X, Y, sigma: float, lr: float, seed: int):
     if library.startswith("eggroll_llm"):
         sys.path.insert(0, str(ROOT))
         from eggroll_llm.es import EggrollES
+        from eggroll_llm.openai_es import OpenAIES
 
-        es = EggrollES(model, population_size=POPULATION, sigma=sigma, lr=lr, rank=RANK, seed=seed)
-        if library == "eggroll_llm step":
+        if library.endswith("openai-es"):
+            es = OpenAIES(model, population_size=POPULATION, sigma=sigma, lr=lr, seed=seed)
+        else:
+            es = EggrollES(model, population_size=POPULATION, sigma=sigma, lr=lr, rank=RANK, seed=seed)
+        if library.startswith("eggroll_llm step"):
             return lambda: es.step(fitness)
         Xe = X.expand(POPULATION, *X.shape)  # one row per member, the shared input as a stride-0 expand
 
@@ -221,7 +229,8 @@ def main(argv: list[str] | None = None) -> None:
         settings = [[s, lr, 0] for s in SIGMAS for lr in LRS]
         coarse = run_worker("toy", library, settings, args.steps)["runs"]
         around = best_setting(coarse)
-        settings = [[around["sigma"] * a, around["lr"] * b, 0] for a in REFINE for b in REFINE if (a, b) != (1, 1)]
+        settings = [[float(f"{around['sigma'] * a:.3g}"), float(f"{around['lr'] * b:.3g}"), 0]
+                    for a in REFINE for b in REFINE if (a, b) != (1, 1)]
         grids[library] = coarse + run_worker("toy", library, settings, args.steps)["runs"]
         best[library] = best_setting(grids[library])
         print(f"grid {library}: best σ={best[library]['sigma']} lr={best[library]['lr']} "
