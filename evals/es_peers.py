@@ -9,7 +9,7 @@ eggroll-trainer 0.1.0 and eggroll-es 0.2.0, each through its own public API, on 
   (fitness −MSE against fixed targets): two steps, each timed, and the peak memory above the process's memory
   before the ES object was built, against one plain batched forward of the same inputs (64 × 32 rows).
 
-    bash evals/es_peers.sh                       # builds .venv-peers, then runs this script (~30 min, one core)
+    bash evals/es_peers.sh                       # builds .venv-peers, then runs this script (~25 min, one core)
     .venv-peers/bin/python evals/es_peers.py --json evals/results/es_peers.json
 
 Every measurement runs in its own worker process (`--worker`) with one torch thread, so peak memory is the worker's

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Build .venv-peers and run the side-by-side benchmark evals/es_peers.py in it (~30 min on one core).
+# Build .venv-peers and run the side-by-side benchmark evals/es_peers.py in it (~25 min on one core).
 #   bash evals/es_peers.sh [--repeats 3 ...]
 # torch 2.13.0 goes in first; the peers go in without their declared dependencies, which their generic APIs do not
 # import: eggroll-es would pull transformers/datasets, eggroll-trainer torchvision/scipy (and declares Python >= 3.12,
