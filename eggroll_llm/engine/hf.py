@@ -100,7 +100,10 @@ class HFEngine(Engine):
         # padding is masked out, so its id only has to be a valid token
         self.pad_id = next(i for i in (tokenizer.pad_token_id, *self.eos_ids, 0) if i is not None)
         # logits of the last position only: full prefill logits would be rows × prompt × vocab floats
-        self._logits_to_keep = "logits_to_keep" in inspect.signature(model.forward).parameters
+        parameters = inspect.signature(model.forward).parameters
+        self._logits_to_keep = "logits_to_keep" in parameters
+        # transformers renamed past_key_values to cache (the old name warns); older releases know only the old one
+        self._cache_keyword = "cache" if "cache" in parameters else "past_key_values"
         self.last_stats: EngineStats | None = None
 
     def generate(self, prompts: list[str] | list[list[int]], sampling: SamplingParams,
@@ -137,8 +140,9 @@ class HFEngine(Engine):
 
     def _forward(self, input_ids, attention_mask, position_ids, cache, counts) -> torch.Tensor:
         kwargs = {"logits_to_keep": 1} if self._logits_to_keep else {}
+        kwargs[self._cache_keyword] = cache
         out = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                         past_key_values=cache, use_cache=True, **kwargs)
+                         use_cache=True, **kwargs)
         counts["forward_passes"] += 1
         return out.logits[:, -1, :].float()  # [rows, vocab]
 
