@@ -26,8 +26,10 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import re
 import statistics
 import time
+from pathlib import Path
 from typing import Callable
 
 from .models import ARCHS, default_device
@@ -60,31 +62,54 @@ def _sync(device) -> None:
         torch.cuda.synchronize()
 
 
+def _reset_peak(device) -> None:
+    """Start a fresh peak-memory window: CUDA's allocator peak, or on Linux the process's peak RSS (VmHWM)."""
+    import torch
+
+    if torch.device(device).type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        return
+    try:
+        Path("/proc/self/clear_refs").write_text("5")  # proc(5): "5" resets the peak resident set size
+    except OSError:
+        pass  # not Linux: the peak stays the process's peak so far
+
+
+def _peak_mb(device) -> float:
+    """Peak memory since `_reset_peak`: CUDA allocated bytes, or VmHWM on Linux, else the process's peak RSS."""
+    import torch
+
+    status = Path("/proc/self/status")
+    if torch.device(device).type == "cpu" and status.is_file():
+        match = re.search(r"^VmHWM:\s+(\d+) kB", status.read_text(), re.MULTILINE)
+        if match:
+            return int(match.group(1)) / 1024
+    return peak_memory_mb(device)
+
+
 def _timed(fns: dict[str, Callable[[], object]], repeats: int, device, warm_up: bool = True) -> dict[str, dict]:
     """Per function: median seconds over `repeats` rounds, every round's seconds, and peak memory (MB).
 
     Rounds interleave the functions (a b a b …) so load from other processes lands on all of them alike. Peak
-    memory is read after each function's warm-up: on CUDA that function's own peak; on CPU the process's peak RSS
-    so far, which only grows (order the functions smallest first). Without a warm-up, memory is read after round 1.
+    memory is each function's own, measured over its warm-up (over its first round without one).
     """
-    import torch
-
     peaks: dict[str, float] = {}
     if warm_up:
         for name, fn in fns.items():
-            if torch.device(device).type == "cuda":
-                torch.cuda.reset_peak_memory_stats(device)
+            _reset_peak(device)
             fn()
             _sync(device)
-            peaks[name] = peak_memory_mb(device)
+            peaks[name] = _peak_mb(device)
     times: dict[str, list[float]] = {name: [] for name in fns}
     for _ in range(repeats):
         for name, fn in fns.items():
+            if name not in peaks:
+                _reset_peak(device)
             start = time.perf_counter()
             fn()
             _sync(device)
             times[name].append(time.perf_counter() - start)
-            peaks.setdefault(name, peak_memory_mb(device))
+            peaks.setdefault(name, _peak_mb(device))
     return {name: {"seconds": statistics.median(times[name]), "seconds_all": times[name], "peak_mem_mb": peaks[name]}
             for name in fns}
 
