@@ -123,7 +123,7 @@ def bench_layout(args, model) -> tuple[list[list[int]], list[int], dict]:
     """(prompt token ids per row, member id per row, layout figures): the trainer's row layout, random prompts."""
     import torch
 
-    from .trainer import population_layout
+    from .es import population_layout
 
     members, slots = population_layout(args.members, args.members_per_prompt, args.prompts_per_member)
     gen = torch.Generator().manual_seed(args.seed)
@@ -153,7 +153,7 @@ def bench_engine(args) -> dict:
 
     from .engine import SamplingParams
     from .engine.hf import HFEngine
-    from .perturbed import Population, attach_eggroll
+    from .es import EggrollES
 
     device = default_device(args.device)
     model, tokenizer, described = build_bench_model(args.model, args.arch, args.dtype, device, args.seed)
@@ -161,8 +161,9 @@ def bench_engine(args) -> dict:
     prompts, member_ids, layout = bench_layout(args, model)
     sampling = SamplingParams(max_new_tokens=args.new_tokens, ignore_eos=True)
 
-    population = Population(population_size=args.members, sigma=args.sigma, rank=args.rank, seed=args.seed)
-    layers = attach_eggroll(model, population, None, args.adapter_rank)
+    es = EggrollES(model, population_size=args.members, sigma=args.sigma, lr=1e-3, rank=args.rank,
+                   adapter_rank=args.adapter_rank, seed=args.seed)
+    population, layers = es.ask(), es.layers
     fill_adapters(layers, args.seed)
     plain = HFEngine(plain_model, tokenizer, max_batch_tokens=args.max_batch_tokens)
     perturbed = HFEngine(model, tokenizer, population=population, max_batch_tokens=args.max_batch_tokens)
@@ -171,7 +172,6 @@ def bench_engine(args) -> dict:
                "threads": torch.get_num_threads(), "layout": layout, "rank": args.rank,
                "adapter_rank": args.adapter_rank, "repeats": args.repeats}
 
-    population.set_step(0)
     if args.engine == "vllm":
         return {**figures, **_bench_vllm(args, plain_model, model, tokenizer, population, prompts, member_ids,
                                          sampling, tokens, device)}
@@ -246,26 +246,33 @@ def bench_fold(args) -> dict:
 
     from .engine import SamplingParams
     from .engine.hf import HFEngine
-    from .es import ESUpdater
-    from .perturbed import Population, attach_eggroll
+    from .es import EggrollES
 
     device = default_device(args.device)
     model, tokenizer, described = build_bench_model(args.model, args.arch, args.dtype, device, args.seed)
-    population = Population(population_size=args.members, sigma=args.sigma, rank=args.rank, seed=args.seed)
-    layers = attach_eggroll(model, population, None, args.adapter_rank)
-    fill_adapters(layers, args.seed)
-    updater = ESUpdater(layers, population, lr=1e-3)
+    es = EggrollES(model, population_size=args.members, sigma=args.sigma, lr=1e-3, rank=args.rank,
+                   adapter_rank=args.adapter_rank, seed=args.seed, fitness="none")
+    fill_adapters(es.layers, args.seed)
     fitness = torch.randn(args.members, generator=torch.Generator().manual_seed(args.seed))
-    population.set_step(0)
-    fns = {"fold": lambda: updater.step(fitness)}
+
+    def fold() -> None:  # each call is the next step's: its noise is drawn afresh, as in training
+        es.ask()
+        es.tell(fitness)
+
+    fns = {"fold": fold}
     figures = {"model": described, "device": device, "dtype": args.dtype, "threads": torch.get_num_threads(),
-               "members": args.members, "rank": args.rank, "adapter_rank": args.adapter_rank, "layers": len(layers),
-               "repeats": args.repeats}
+               "members": args.members, "rank": args.rank, "adapter_rank": args.adapter_rank,
+               "layers": len(es.layers), "repeats": args.repeats}
     if not args.skip_generation:
         prompts, member_ids, figures["layout"] = bench_layout(args, model)
-        engine = HFEngine(model, tokenizer, population=population, max_batch_tokens=args.max_batch_tokens)
+        engine = HFEngine(model, tokenizer, population=es.population, max_batch_tokens=args.max_batch_tokens)
         sampling = SamplingParams(max_new_tokens=args.new_tokens, ignore_eos=True)
-        fns["generation"] = lambda: engine.generate(prompts, sampling, member_ids=member_ids)
+
+        def generation() -> None:  # the next step's rows under its freshly drawn noise
+            es.ask()
+            engine.generate(prompts, sampling, member_ids=member_ids)
+
+        fns["generation"] = generation
     timed = _timed(fns, args.repeats, device)
     figures.update(fold_s_per_step=timed["fold"]["seconds"], fold=timed["fold"],
                    peak_mem_mb=timed["fold"]["peak_mem_mb"])

@@ -101,21 +101,17 @@ def _run_train(args) -> int:
     overrides = parse_overrides(args.overrides)
     if args.dry_run:
         overrides = dry_run_overrides(args.dry_run, overrides)
+    if args.no_progress:
+        overrides["disable_tqdm"] = True
     config = load_config(args.recipe, overrides)
-    if config.method == "grpo":
-        from .grpo import train_grpo
-
-        run_dir = train_grpo(config, config.grpo, resume=args.resume, progress=not args.no_progress)
-        print(f"run written to {run_dir} (metrics.jsonl, checkpoints/, "
-              f"{'adapter/' if config.grpo.lora_rank else 'model/'})")
-        return 0
     from .distributed import shutdown
-    from .trainer import train
+    from .recipe import run_recipe
 
-    run_dir = train(config, resume=args.resume, progress=not args.no_progress)
+    run_dir = run_recipe(config, resume=args.resume)
     shutdown()
     if int(os.environ.get("RANK", "0")) == 0:
-        print(f"run written to {run_dir} (metrics.jsonl, checkpoints/, adapter/)")
+        kept = "adapter/" if config.method == "eggroll" or config.grpo.lora_rank else "model/"
+        print(f"run written to {run_dir} (metrics.jsonl, eval/, checkpoints/, {kept})")
     return 0
 
 

@@ -1,15 +1,19 @@
-"""Recipe configuration: typed dataclasses, one help string per field, loaded from YAML with CLI overrides.
+"""Run configuration: `EggrollConfig`, typed dataclasses with one help string per field.
 
-Every recipe key maps 1:1 to a field here; defaults live only here (STYLE.md). An unknown key is an error that
-names the nearest valid key, and a value of the wrong type is an error that names the field.
+The same object configures the Python API (`EggrollTrainer(..., args=EggrollConfig(...))`) and a YAML recipe
+(`eggroll-llm train RECIPE.yaml --es.sigma 0.01`): every recipe key maps 1:1 to a field here, and defaults live only
+here. An unknown key is an error that names the nearest valid key, a value of the wrong type names the field, and
+`validate` refuses values that cannot work (choices, finite numbers in sane ranges) before anything is written.
 
     eggroll-llm train recipes/tiny-arith-eggroll.yaml --es.sigma 0.01 --max_steps 50
+    EggrollConfig(output_dir="runs/x", max_steps=50, es={"sigma": 0.01})
 """
 
 from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import tempfile
 import types
 import typing
@@ -46,12 +50,17 @@ class ModelConfig:
 
 @dataclass
 class DataConfig:
-    task: str = _help("tiny-arith or gsm8k", "tiny-arith")
-    data_path: str | None = _help("local jsonl/parquet file or folder; default: the Hub dataset (gsm8k)", None)
+    task: str | None = _help("built-in task: tiny-arith (generated), gsm8k, countdown (generated, or data_path with "
+                             "nums/target columns); null: your own dataset at data_path, with a prompt column",
+                             "tiny-arith")
+    data_path: str | None = _help("local jsonl/json/parquet/csv file or folder, or a Hub dataset id; gsm8k default: "
+                                  "openai/gsm8k; needed when task is null", None)
+    prompt_column: str = _help("task null: the column holding each prompt (text, or a list of chat messages); every "
+                               "other column reaches the reward functions as a keyword", "prompt")
     train_split: str = _help("split the training prompts come from", "train")
     eval_split: str = _help("held-out split for periodic evaluation", "validation")
     eval_limit: int = _help("held-out examples per evaluation", 200)
-    few_shot: int = _help("worked train examples shown before each question", 0)
+    few_shot: int = _help("worked train examples shown before each question (tiny-arith, gsm8k)", 0)
 
 
 @dataclass
@@ -104,7 +113,12 @@ class GRPOSection:
 
 
 @dataclass
-class TrainConfig:
+class EggrollConfig:
+    """Everything a run needs besides the model, rewards and data objects: what a recipe YAML holds.
+
+    Nested sections accept their dataclass or a plain dict: `EggrollConfig(es={"sigma": 0.01})`.
+    """
+
     method: str = _help("eggroll (this toolkit) or grpo (TRL baseline)", "eggroll")
     output_dir: str = _help("run directory: config.yaml, metrics.jsonl, checkpoints/, adapter/", "runs/default")
     seed: int = _help("fixes data order, noise and sampling: the same seed gives the same metrics", 0)
@@ -115,13 +129,31 @@ class TrainConfig:
     distributed_timeout_s: float = _help("multi-process runs (eggroll): seconds a process waits for the others at "
                                          "a collective before the job fails with an error instead of hanging",
                                          1800.0)
-    rewards: list[str] = _help("reward functions, summed: gsm8k, gsm8k_strict, format", factory=lambda: ["gsm8k"])
+    rewards: list[str] = _help("reward functions, summed with reward_weights: built-in names (gsm8k, gsm8k_strict, "
+                               "format, countdown, countdown_format) or package.module:function import paths",
+                               factory=lambda: ["gsm8k"])
+    reward_weights: list[float] | None = _help("weight of each reward function in the sum (TRL's reward_weights); "
+                                               "null: all 1", None)
+    report_to: list[str] | str = _help("where per-step metrics go besides metrics.jsonl: none, tensorboard, wandb or "
+                                       "all (those installed)", "none")
+    disable_tqdm: bool = _help("no progress bar (metrics still go to metrics.jsonl)", False)
     model: ModelConfig = _help("the base model", factory=ModelConfig)
     data: DataConfig = _help("prompts and held-out data", factory=DataConfig)
     generation: GenerationConfig = _help("how completions are sampled", factory=GenerationConfig)
     es: ESConfig = _help("EGGROLL hyper-parameters", factory=ESConfig)
     grpo: GRPOSection = _help("GRPO baseline hyper-parameters (TRL's GRPOTrainer; used when method: grpo)",
                               factory=GRPOSection)
+
+    def __post_init__(self):
+        for f in dataclasses.fields(self):  # plain dicts for nested sections, as a recipe gives them
+            value = getattr(self, f.name)
+            if isinstance(value, dict):
+                setattr(self, f.name, _build(type(f.default_factory()), value, f"{f.name}."))
+
+
+# Keys that only say how far or how a run goes: a resumed run may change them.
+RUN_ONLY_KEYS = frozenset({"output_dir", "max_steps", "max_wall_s", "eval_every", "save_every",
+                           "distributed_timeout_s", "report_to", "disable_tqdm"})
 
 
 def _check_type(value, annotation, key: str):
@@ -142,8 +174,12 @@ def _check_type(value, annotation, key: str):
             return value
         if option in (str, bool) and type(value) is option:
             return value
-        if typing.get_origin(option) is list and isinstance(value, list) and all(isinstance(v, str) for v in value):
-            return list(value)
+        if typing.get_origin(option) is list and isinstance(value, list):
+            (item,) = typing.get_args(option)
+            try:
+                return [_check_type(v, item, f"{key}[{i}]") for i, v in enumerate(value)]
+            except ConfigError:
+                pass
     names = " or ".join("null" if o is type(None) else getattr(o, "__name__", str(o)) for o in options)
     raise ConfigError(f"{key} must be {names}, got {value!r}")
 
@@ -213,7 +249,7 @@ def _merge(base: dict, extra: dict) -> dict:
     return out
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | dict | None = None) -> TrainConfig:
+def load_config(path: str | Path | None = None, overrides: list[str] | dict | None = None) -> EggrollConfig:
     """A recipe YAML (or the defaults) with overrides applied, validated."""
     values = {}
     if path is not None:
@@ -225,21 +261,46 @@ def load_config(path: str | Path | None = None, overrides: list[str] | dict | No
         except yaml.YAMLError as err:
             raise ConfigError(f"recipe {path} is not valid YAML: {err}") from err
     extra = parse_overrides(overrides) if isinstance(overrides, list) else (overrides or {})
-    config = _build(TrainConfig, _merge(values, extra))
+    config = _build(EggrollConfig, _merge(values, extra))
     validate(config)
     return config
 
 
-def validate(config: TrainConfig) -> None:
-    """Cross-field checks, raised before any work starts."""
-    es = config.es
+REPORT_TO = ("none", "tensorboard", "wandb", "all")
+
+
+def _finite_floats(node, prefix: str = "") -> list[str]:
+    """Dotted names of float fields holding NaN or ±inf (YAML reads .nan and .inf as floats)."""
+    bad = []
+    for f in dataclasses.fields(node):
+        value = getattr(node, f.name)
+        if dataclasses.is_dataclass(value):
+            bad += _finite_floats(value, f"{prefix}{f.name}.")
+        elif isinstance(value, float) and not math.isfinite(value):
+            bad.append(f"{prefix}{f.name}")
+    return bad
+
+
+def validate(config: EggrollConfig) -> None:
+    """Cross-field checks, raised before any work starts (and before anything is written)."""
+    from .fitness import FITNESS_METHODS
+
+    es, gen, data = config.es, config.generation, config.data
+    not_finite = _finite_floats(config)
+    if not_finite:
+        raise ConfigError(f"{not_finite[0]} must be a finite number, got {_lookup(config, not_finite[0])}")
+    report_to = [config.report_to] if isinstance(config.report_to, str) else config.report_to
+    weights = config.reward_weights
     checks = [
         (config.method in ("eggroll", "grpo"), f"method must be eggroll or grpo, got {config.method!r}"),
         (config.max_steps >= 1, f"max_steps must be >= 1, got {config.max_steps}"),
         (config.max_wall_s is None or config.max_wall_s > 0, "max_wall_s must be > 0 (or null for no limit)"),
         (config.eval_every >= 1 and config.save_every >= 1, "eval_every and save_every must be >= 1"),
         (config.distributed_timeout_s > 0, f"distributed_timeout_s must be > 0, got {config.distributed_timeout_s}"),
-        (es.sigma > 0, f"es.sigma must be > 0, got {es.sigma}"),
+        (config.model.dtype in ("float32", "bfloat16", "float16"),
+         f"model.dtype must be float32, bfloat16 or float16, got {config.model.dtype!r}"),
+        (0 < es.sigma <= 1, f"es.sigma must be in (0, 1] (a perturbation of the weights' own scale; the paper uses "
+                            f"~1e-3 on real LLMs), got {es.sigma}"),
         (es.rank >= 1, f"es.rank must be >= 1, got {es.rank}"),
         (es.population_size >= 1, f"es.population_size must be >= 1, got {es.population_size}"),
         (not es.antithetic or es.population_size % 2 == 0,
@@ -254,18 +315,38 @@ def validate(config: TrainConfig) -> None:
          "es.members_per_prompt must be even with antithetic sampling (both members of a pair answer the same "
          "prompts)"),
         (es.prompts_per_member >= 1, f"es.prompts_per_member must be >= 1, got {es.prompts_per_member}"),
+        (es.lr > 0, f"es.lr must be > 0, got {es.lr}"),
         (0 <= es.momentum < 1, f"es.momentum must be in [0, 1), got {es.momentum}"),
+        (es.weight_decay >= 0 and es.lr * es.weight_decay < 1,
+         f"es.weight_decay must be >= 0 with es.lr * es.weight_decay < 1 (each step keeps 1 - lr * weight_decay of "
+         f"the adapter), got weight_decay {es.weight_decay} at lr {es.lr}"),
+        (es.fitness in FITNESS_METHODS, f"es.fitness must be one of {', '.join(FITNESS_METHODS)}, got {es.fitness!r}"),
         (config.model.dry_run_random_init or not config.model.dry_run_shrink,
          "model.dry_run_shrink shrinks a random-init model: set model.dry_run_random_init too (or use --dry_run tiny)"),
-        (config.data.eval_limit >= 1, f"data.eval_limit must be >= 1, got {config.data.eval_limit}"),
-        (config.generation.max_new_tokens >= 1, "generation.max_new_tokens must be >= 1"),
+        (data.task in DATA_TASKS, f"data.task must be one of {', '.join(map(str, DATA_TASKS))} (null: your own "
+                                  f"dataset at data.data_path), got {data.task!r}"),
+        (data.task is not None or data.data_path is not None,
+         "data.task is null, so the prompts come from your own dataset: set data.data_path to a local file or "
+         "folder or a Hub dataset id"),
+        (data.eval_limit >= 1, f"data.eval_limit must be >= 1, got {data.eval_limit}"),
+        (data.few_shot >= 0, f"data.few_shot must be >= 0, got {data.few_shot}"),
+        (gen.engine in ("hf", "vllm"), f"generation.engine must be hf or vllm, got {gen.engine!r}"),
+        (gen.max_new_tokens >= 1, "generation.max_new_tokens must be >= 1"),
+        (gen.temperature >= 0, f"generation.temperature must be >= 0 (0 = greedy), got {gen.temperature}"),
+        (0 < gen.top_p <= 1, f"generation.top_p must be in (0, 1] (1 = off), got {gen.top_p}"),
+        (gen.max_batch_tokens >= 1, f"generation.max_batch_tokens must be >= 1, got {gen.max_batch_tokens}"),
         (bool(config.rewards), "rewards must name at least one reward function"),
-        (0 < config.generation.gpu_memory_utilization <= 1,
-         f"generation.gpu_memory_utilization must be in (0, 1], got {config.generation.gpu_memory_utilization}"),
-        (config.method == "eggroll" or config.generation.engine == "hf",
-         f"generation.engine {config.generation.engine!r} is for eggroll runs; GRPO samples with TRL's GRPOTrainer "
+        (weights is None or len(weights) == len(config.rewards),
+         f"reward_weights has {len(weights or [])} entries for {len(config.rewards)} reward functions; give one "
+         "weight per entry of rewards (or null for all 1)"),
+        (all(r in REPORT_TO for r in report_to),
+         f"report_to must be one or more of {', '.join(REPORT_TO)}, got {config.report_to!r}"),
+        (0 < gen.gpu_memory_utilization <= 1,
+         f"generation.gpu_memory_utilization must be in (0, 1], got {gen.gpu_memory_utilization}"),
+        (config.method == "eggroll" or gen.engine == "hf",
+         f"generation.engine {gen.engine!r} is for eggroll runs; GRPO samples with TRL's GRPOTrainer "
          "and evaluates with the hf engine: use generation.engine: hf"),
-        (config.generation.engine != "vllm" or not config.model.dry_run_random_init,
+        (gen.engine != "vllm" or not config.model.dry_run_random_init,
          "generation.engine: vllm loads the base weights from model.name, so it cannot run a random-init model "
          "(model.dry_run_random_init); use generation.engine: hf"),
     ]
@@ -274,11 +355,21 @@ def validate(config: TrainConfig) -> None:
             raise ConfigError(message)
 
 
+DATA_TASKS = ("tiny-arith", "gsm8k", "countdown", None)
+
+
+def _lookup(config, dotted: str):
+    node = config
+    for part in dotted.split("."):
+        node = getattr(node, part)
+    return node
+
+
 def to_dict(config) -> dict:
     return dataclasses.asdict(config)
 
 
-def describe(cls=TrainConfig, prefix: str = "") -> list[tuple[str, str, object]]:
+def describe(cls=EggrollConfig, prefix: str = "") -> list[tuple[str, str, object]]:
     """(key, help, default) for every field, nested keys dotted: the reference table of recipe keys."""
     rows = []
     for f in dataclasses.fields(cls):

@@ -1,7 +1,7 @@
 """Task data and prompts: tiny-arith (generated) and GSM8K (Hub or local files) as `datasets.Dataset`s.
 
 Every task yields the same two string columns, `question` and `answer` (worked steps ending `#### N`, GSM8K's
-format), so one reward function and one evaluation serve them all (DESIGN.md §4). Rows from the Hub and from
+format), so one reward function and one evaluation serve them all (docs/design.md §4). Rows from the Hub and from
 local files pass through the same gate, `normalise`, so a dataset that trains here also evaluates here, and a bad
 row is reported where it enters (file and row) instead of deep inside a training step.
 
@@ -20,14 +20,16 @@ from pathlib import Path
 import datasets
 
 from . import tiny_arith
+from .hub import require_hub
 from .rewards import gold_answer
 
-TASKS = ("tiny-arith", "gsm8k")
+TASKS = ("tiny-arith", "gsm8k", "countdown")
+QA_TASKS = ("tiny-arith", "gsm8k")  # question / answer ... #### N rows (load_task)
 GSM8K_HUB_ID = "openai/gsm8k"
 GSM8K_CONFIGS = ("main", "socratic")
 GSM8K_SPLITS = ("train", "test")  # the Hub dataset has no validation split
-TINY_ARITH_SIZES = {"train": 20_000, "validation": 500, "test": 500}
-LOCAL_FORMATS = {".jsonl": "json", ".json": "json", ".parquet": "parquet"}  # suffix -> `datasets` builder
+TINY_ARITH_SIZES = {"train": 20_000, "validation": 500, "test": 500}  # also the generated countdown splits' sizes
+LOCAL_FORMATS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}  # suffix -> builder
 INSTRUCTION = "Solve the problem step by step. End with a line '#### <number>'."
 
 
@@ -52,7 +54,7 @@ def load_task(task: str, split: str = "test", data_path: str | Path | None = Non
     (read whatever `split` says: one file is one split) or a folder holding `{split}.jsonl` or `{split}.parquet`.
     `limit` keeps the first `limit` rows.
     """
-    _check_choice("task", task, TASKS)
+    _check_choice("task", task, QA_TASKS)
     if limit is not None and limit < 1:
         raise DataError(f"--limit must be >= 1, got {limit}")
     if task == "tiny-arith":
@@ -85,6 +87,8 @@ def _read_hub(config: str, split: str) -> tuple[datasets.Dataset, str]:
     _check_choice("gsm8k config", config, GSM8K_CONFIGS)
     _check_choice(f"{GSM8K_HUB_ID} split", split, GSM8K_SPLITS,
                   f"; for another split pass a local folder holding {split}.jsonl as the data path")
+    require_hub(f"{GSM8K_HUB_ID} ({config}, {split})",
+                "pass a local folder holding GSM8K's train.jsonl and test.jsonl as the data path (--data)")
     try:
         dataset = datasets.load_dataset(GSM8K_HUB_ID, config, split=split)
     except Exception as err:  # offline, gated, rate-limited: whatever the cause, the fix is a local copy
@@ -96,11 +100,11 @@ def _read_hub(config: str, split: str) -> tuple[datasets.Dataset, str]:
 def _read_local(path: Path, split: str) -> tuple[datasets.Dataset, str]:
     path = path.expanduser()
     if path.is_dir():
-        found = [path / f"{split}{suffix}" for suffix in (".jsonl", ".parquet")]
+        found = [path / f"{split}{suffix}" for suffix in LOCAL_FORMATS]
         found = [candidate for candidate in found if candidate.is_file()]
         if not found:
             splits = sorted({p.stem for p in path.iterdir() if p.suffix in LOCAL_FORMATS}) or ["none"]
-            raise DataError(f"folder {path} holds no {split}.jsonl or {split}.parquet (splits found: "
+            raise DataError(f"folder {path} holds no {split}.jsonl/.json/.parquet/.csv (splits found: "
                             f"{', '.join(splits)}); choose one of those splits or add the file")
         path = found[0]
     elif not path.exists():
@@ -137,12 +141,12 @@ def _check_jsonl(path: Path) -> None:
                                     "fix or remove that line") from None
                 if not isinstance(row, dict):
                     raise DataError(f"{path}:{number}: expected one JSON object per line, got a "
-                                    f"{type(row).__name__}; write one {{\"question\": ..., \"answer\": ...}} per line")
+                                    f"{type(row).__name__}; write one JSON object (a row of columns) per line")
                 rows += bool(row)
     except OSError as err:
         raise DataError(f"cannot read {path}: {err.strerror}; check the path and its permissions") from err
     if rows == 0:
-        raise DataError(f"{path} holds no rows; write one {{\"question\": ..., \"answer\": ...}} object per line")
+        raise DataError(f"{path} holds no rows; write one JSON object (a row of columns) per line")
 
 
 def normalise(dataset: datasets.Dataset, source: str) -> datasets.Dataset:
@@ -216,3 +220,104 @@ def build_prompts(tokenizer, dataset: datasets.Dataset, *, few_shot: int = 0, in
     shots = few_shot_examples(task, few_shot, seed, data_path)
     return [format_prompt(tokenizer, question, few_shot=shots, instruction=instruction)
             for question in dataset["question"]]
+
+
+def load_rows(data_path: str | Path, split: str) -> tuple[datasets.Dataset, str]:
+    """(rows, where they came from) of `split`: a local file (any split: one file is one split), a local folder
+    holding `{split}.jsonl/.json/.parquet/.csv`, or a Hub dataset id (`org/name`)."""
+    path = Path(data_path).expanduser()
+    if path.exists() or str(data_path).count("/") != 1 or str(data_path).startswith((".", "/", "~")):
+        return _read_local(path, split)
+    require_hub(f"dataset {data_path}", "pass a local file or folder as data_path")
+    try:
+        return datasets.load_dataset(str(data_path), split=split), f"{data_path} ({split})"
+    except Exception as err:  # offline, gated, no such split: the fix is the id, the split or a local copy
+        raise DataError(f"could not load the Hub dataset {data_path} (split {split}): {type(err).__name__}: "
+                        f"{str(err).splitlines()[0] if str(err) else ''}; check the id and split, or pass a local "
+                        "file or folder as data_path") from err
+
+
+def render_prompt(tokenizer, prompt: str | list[dict]) -> str:
+    """The text the model continues: a text prompt as is, chat messages through the tokenizer's chat template with
+    the generation prompt appended (TRL's convention for conversational datasets)."""
+    if isinstance(prompt, str):
+        return prompt
+    if not getattr(tokenizer, "chat_template", None):
+        raise DataError("the dataset's prompts are chat messages but the tokenizer has no chat template; give text "
+                        "prompts or a tokenizer with a chat template (processing_class)")
+    return tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
+
+
+def check_prompts(dataset: datasets.Dataset, source: str) -> datasets.Dataset:
+    """Refuse a dataset a trainer cannot read: no rows, no `prompt` column, or a prompt that is neither non-empty
+    text nor a non-empty list of {"role", "content"} messages (reported with its row, 1-based)."""
+    if not isinstance(dataset, datasets.Dataset):
+        raise DataError(f"{source} must be a datasets.Dataset, got {type(dataset).__name__}; build one with "
+                        "datasets.Dataset.from_list([{'prompt': ...}, ...])")
+    if "prompt" not in dataset.column_names:
+        raise DataError(f"{source} has no prompt column (columns: {', '.join(dataset.column_names) or 'none'}); "
+                        "rename the column holding the prompts to prompt (recipes: data.prompt_column)")
+    if len(dataset) == 0:
+        raise DataError(f"{source} has no rows")
+    for row, prompt in enumerate(dataset["prompt"], 1):
+        text = isinstance(prompt, str) and prompt.strip()
+        chat = isinstance(prompt, list) and prompt and all(isinstance(m, dict) and "role" in m and "content" in m
+                                                           for m in prompt)
+        if not (text or chat):
+            raise DataError(f"{source}, row {row}: the prompt must be non-empty text or a list of "
+                            f"{{'role': ..., 'content': ...}} messages, got {prompt!r:.80}; fix or drop that row")
+    return dataset
+
+
+def task_dataset(task: str | None, split: str, tokenizer, *, data_path: str | Path | None = None,
+                 prompt_column: str = "prompt", limit: int | None = None, few_shot: int = 0, seed: int = 0,
+                 rows_seed: int = 0) -> datasets.Dataset:
+    """A recipe's `split` as a trainer dataset: a `prompt` column (text) beside the task's own columns.
+
+    tiny-arith / gsm8k: `question`, `answer` and the formatted prompt (`build_prompts`; few-shot examples chosen with
+    `seed`). countdown: `nums`, `target`, the task prompt through the chat template. Generated tasks draw their rows
+    with `rows_seed`. None: the rows at `data_path`, `prompt_column` renamed to `prompt`.
+    """
+    if task in QA_TASKS:
+        rows = load_task(task, split, data_path, limit=limit, seed=rows_seed)
+        prompts = build_prompts(tokenizer, rows, few_shot=few_shot, seed=seed, data_path=data_path, task=task)
+        return rows.add_column("prompt", prompts)
+    if limit is not None and limit < 1:
+        raise DataError(f"limit must be >= 1, got {limit}")
+    if task == "countdown":
+        from . import countdown
+
+        if data_path is None:
+            _check_choice("countdown split", split, countdown.SPLITS)
+            n = TINY_ARITH_SIZES[split] if limit is None else min(limit, TINY_ARITH_SIZES[split])
+            rows = datasets.Dataset.from_list(countdown.make_split(split, n, rows_seed))
+            source = f"countdown {split}"
+        else:
+            rows, source = load_rows(data_path, split)
+        rows = _first(rows, limit)
+        missing = [c for c in ("nums", "target") if c not in rows.column_names]
+        if missing:
+            raise DataError(f"{source} has no {' or '.join(missing)} column (columns: {', '.join(rows.column_names)}); "
+                            "countdown rows hold nums (a list of ints) and target (an int)")
+        prompts = [render_prompt(tokenizer, [{"role": "user", "content": countdown.countdown_prompt(n, t)}])
+                   if getattr(tokenizer, "chat_template", None) else countdown.countdown_prompt(n, t)
+                   for n, t in zip(rows["nums"], rows["target"])]
+        return check_prompts(rows.add_column("prompt", prompts), source)
+    if task is not None:
+        _check_choice("task", task, TASKS, " (or null for your own dataset)")
+    if data_path is None:
+        raise DataError("a dataset of your own needs data_path: a local file or folder, or a Hub dataset id")
+    rows, source = load_rows(data_path, split)
+    rows = _first(rows, limit)
+    if prompt_column != "prompt":
+        if prompt_column not in rows.column_names:
+            raise DataError(f"{source} has no column {prompt_column!r} (columns: {', '.join(rows.column_names)}); "
+                            "set data.prompt_column to the column holding the prompts")
+        if "prompt" in rows.column_names:
+            rows = rows.remove_columns("prompt")
+        rows = rows.rename_column(prompt_column, "prompt")
+    return check_prompts(rows, source)
+
+
+def _first(rows: datasets.Dataset, limit: int | None) -> datasets.Dataset:
+    return rows if limit is None else rows.select(range(min(limit, len(rows))))

@@ -1,4 +1,4 @@
-"""Scale-out (DESIGN.md §8): members sharded across processes, only fitness inputs exchanged, no weight traffic.
+"""Scale-out (docs/design.md §8): members sharded across processes, only fitness inputs exchanged, no weight traffic.
 
 Every process holds the whole model, adapter and Population, and regenerates each step's noise from its key
 (noise.py). A process generates and scores only its shard of the population's (member, prompt) rows; the
@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import pickle
 import sys
 from dataclasses import dataclass
 from datetime import timedelta
@@ -129,19 +130,20 @@ class Processes:
         self.received_bytes += (self.world_size - 1) * mine.numel() * mine.element_size()
         return torch.stack(out).cpu()
 
-    def gather_rows(self, scores: torch.Tensor, tokens: int, shards: list[slice]) -> tuple[torch.Tensor, int]:
-        """All rows' scores [sum of shards] (fp32, rank order = row order) and the step's total generated tokens,
-        from this process's shard `scores` and `tokens`. Shards may differ in length: each is padded to the longest
-        and the token count rides along in the same float64 message (exact for scores and counts below 2^53)."""
+    def gather_rows(self, scores: torch.Tensor, counts: list[int],
+                    shards: list[slice]) -> tuple[torch.Tensor, list[int]]:
+        """All rows' scores [sum of shards] (fp32, rank order = row order) and `counts` (e.g. generated and prompt
+        tokens) summed over processes, from this process's shard. Shards may differ in length: each is padded to the
+        longest and the counts ride along in the same float64 message (exact for scores and counts below 2^53)."""
         if not self.distributed:
-            return scores, tokens
+            return scores, list(counts)
         width = max(s.stop - s.start for s in shards)
-        message = torch.zeros(width + 1, dtype=torch.float64)
+        message = torch.zeros(width + len(counts), dtype=torch.float64)
         message[: scores.numel()] = scores.to(torch.float64)
-        message[-1] = tokens
-        gathered = self.all_gather(message, "the step's scores")  # [W, width + 1]
+        message[width:] = torch.tensor(counts, dtype=torch.float64)
+        gathered = self.all_gather(message, "the step's scores")  # [W, width + len(counts)]
         rows = [gathered[r, : s.stop - s.start] for r, s in enumerate(shards)]
-        return torch.cat(rows).to(torch.float32), int(gathered[:, -1].sum())
+        return torch.cat(rows).to(torch.float32), [int(v) for v in gathered[:, width:].sum(dim=0)]
 
     def main_value(self, value: float, what: str) -> float:
         """The main process's `value` on every process (e.g. its step time, so wall-clock stops agree)."""
@@ -153,11 +155,19 @@ class Processes:
         """This process's contiguous share of `count` items (held-out prompts)."""
         return even_split(count, self.world_size)[self.rank]
 
-    def sum_counts(self, counts: list[int], what: str) -> list[int]:
-        """Integer counts summed over processes (exact, in a fixed order)."""
+    def gather_objects(self, items: list, what: str) -> list:
+        """Every process's list `items` (picklable), concatenated in rank order, on every process."""
         if not self.distributed:
-            return counts
-        return [int(v) for v in self.all_gather(torch.tensor(counts, dtype=torch.int64), what).sum(dim=0)]
+            return items
+        out = [None] * self.world_size
+        try:
+            torch.distributed.all_gather_object(out, items)
+        except RuntimeError as err:
+            raise DistributedError(f"process {self.rank} of {self.world_size}: gathering {what} failed — another "
+                                   f"process died or did not answer within distributed_timeout_s={self.timeout_s:g} s; "
+                                   f"backend said: {err}") from err
+        self.received_bytes += sum(len(pickle.dumps(part)) for rank, part in enumerate(out) if rank != self.rank)
+        return [item for part in out for item in part]
 
     def agree(self, value: int, what: str, fix: str) -> None:
         """Raise unless every process holds the same integer `value`."""

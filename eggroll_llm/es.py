@@ -1,14 +1,15 @@
-"""The ES updater, and EGGROLL as a generic optimizer for any nn.Module built from nn.Linear.
+"""The ES core: `EggrollES`, one ask/tell object that owns the step, the fitness shaping and the update.
 
-DESIGN.md §1/§3: after the population is scored, the fitness-weighted noise factors are folded into each target
-layer's fp32 adapter: ΔW += lr · g with g = 1/(N√r) Σ_k c_k A_k B_kᵀ (1/σ divided out). Noise is regenerated from
-its key here, never kept from the forward passes. State (adapter + momentum) is explicit and checkpointable, in the
-ask/tell spirit of evosax: `perturb(step)` asks, `tell(fitness)` updates.
+docs/design.md §1/§3: after the population is scored, the fitness-weighted noise factors are folded into each
+target layer's fp32 adapter: ΔW += lr · g with g = 1/(N√r) Σ_k c_k A_k B_kᵀ (1/σ divided out). Noise is regenerated
+from its key here, never kept from the forward passes. State (adapters, momentum, step) is explicit and
+checkpointable, in the ask/tell style of evosax. The LLM trainer, export, bench and the diagnostics all use this
+one object.
 
     es = EggrollES(model, population_size=64, sigma=0.05, lr=0.05)
-    for step in range(steps):
-        fitness = es.evaluate(step, score_population)   # score_population(model, population) -> [N]
-        es.tell(fitness)
+    for _ in range(steps):
+        scores = es.evaluate(score_population)   # score_population(model, population) -> [N], one batched forward
+        es.tell(scores)
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import torch
 from torch import nn
 
 from .adapter import decay, es_step_coefficients, fold_dense, fold_lowrank
+from .fitness import check_fitness_method, shape_fitness
 from .noise import layer_noise, noise_seed
 from .perturbed import EggrollLinear, Population, attach_eggroll
 
@@ -97,35 +99,107 @@ class ESUpdater:
 
 
 class EggrollES:
-    """EGGROLL on any nn.Module built from nn.Linear: low-rank population noise, batched scoring, folded updates.
+    """EGGROLL as one ask/tell object: the population's noise, the step counter, fitness shaping and the fold.
 
-    `score_population(model, population) -> Tensor[N]` must run the whole population in one batched forward:
-    repeat the inputs once per member and call `population.set_rows(member_id_of_each_row)` before the forward
-    (see `population_rows`).
+    Wraps the target nn.Linear layers of `model` (`attach_eggroll`); updates fold into their fp32 adapters. One step:
+
+        population = es.ask()                     # this step's noise; say which member each batch row is:
+        population.set_rows(member_ids)           #   population_rows / population_layout give the layouts
+        scores = score(model(inputs))             # ONE batched forward for the whole population
+        stats = es.tell(scores, prompt_ids)       # shape fitness (`fitness`), fold the ES step, next step
+
+    `scores` is [N] (one score per member) or [N, J] with `prompt_ids` [N, J] naming the prompt of each score (the
+    LLM trainer's layout: group-centred fitness compares members on equal prompts). `fitness` is one of
+    fitness.FITNESS_METHODS; "none" takes the scores as already shaped fitness.
     """
 
     def __init__(self, model: nn.Module, *, population_size: int, sigma: float, lr: float, rank: int = 1,
                  adapter_rank: int | str = 1, antithetic: bool = True, noise_reuse: int = 1, seed: int = 0,
-                 target_modules: list[str] | str | None = None, momentum: float = 0.0, weight_decay: float = 0.0):
-        self.model = model
+                 target_modules: list[str] | str | None = None, momentum: float = 0.0, weight_decay: float = 0.0,
+                 fitness: str = "group_centered"):
+        check_fitness_method(fitness)
+        self.model, self.fitness, self.step = model, fitness, 0
         self.population = Population(population_size=population_size, sigma=sigma, rank=rank, antithetic=antithetic,
                                      seed=seed, noise_reuse=noise_reuse)
         self.layers = attach_eggroll(model, self.population, target_modules, adapter_rank)
         self.updater = ESUpdater(self.layers, self.population, lr=lr, momentum=momentum, weight_decay=weight_decay)
 
-    def evaluate(self, step: int, score_population: Callable[[nn.Module, Population], torch.Tensor]) -> torch.Tensor:
-        """Fitness of every member at `step` (rows are reset to the unperturbed model afterwards)."""
-        self.population.set_step(step)
+    @classmethod
+    def from_config(cls, model: nn.Module, es, seed: int) -> EggrollES:
+        """The ES of a run: `es` is the run config's `es` section (config.ESConfig)."""
+        return cls(model, population_size=es.population_size, sigma=es.sigma, lr=es.lr, rank=es.rank,
+                   adapter_rank=es.adapter_rank, antithetic=es.antithetic, noise_reuse=es.noise_reuse, seed=seed,
+                   target_modules=es.target_modules, momentum=es.momentum, weight_decay=es.weight_decay,
+                   fitness=es.fitness)
+
+    def ask(self) -> Population:
+        """Begin step `self.step`: the population now carries this step's noise (rows: set them per forward)."""
+        self.population.set_step(self.step)
+        return self.population
+
+    def evaluate(self, score_population: Callable[[nn.Module, Population], torch.Tensor]) -> torch.Tensor:
+        """`score_population(model, population)` at this step, without gradients; rows are reset afterwards."""
+        population = self.ask()
         try:
             with torch.no_grad():
-                return score_population(self.model, self.population)
+                return score_population(self.model, population)
         finally:
-            self.population.set_rows(None)
+            population.set_rows(None)
 
-    def tell(self, fitness: torch.Tensor) -> dict[str, float]:
-        return self.updater.step(fitness)
+    def tell(self, scores: torch.Tensor, prompt_ids: torch.Tensor | None = None) -> dict[str, float]:
+        """Shape `scores` into fitness, fold the ES step into the adapters and move to the next step."""
+        scores = torch.as_tensor(scores, dtype=torch.float32).cpu()
+        N = self.population.population_size
+        if scores.dim() not in (1, 2) or scores.shape[0] != N:
+            raise ValueError(f"scores have shape {tuple(scores.shape)}; expected [{N}] (one per member) or "
+                             f"[{N}, J] (J prompts per member, with prompt_ids)")
+        grid = scores if scores.dim() == 2 else scores[:, None]                     # [N, J]
+        ids = torch.zeros(grid.shape, dtype=torch.long) if prompt_ids is None else torch.as_tensor(prompt_ids)
+        stats = self.updater.step(shape_fitness(grid, ids.reshape(grid.shape), self.fitness))
+        self.step += 1
+        return stats
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """Adapters, optimizer state and the step: everything a resumed run needs (tensors, for safetensors)."""
+        state = {f"adapter.{k}": v for k, v in adapter_state(self.layers).items()}
+        state.update({f"optimizer.{k}": v.contiguous() for k, v in self.updater.state_dict().items()})
+        return {**state, "es.step": torch.tensor(self.step)}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        load_adapter_state(self.layers, {k[len("adapter."):]: v for k, v in state.items() if k.startswith("adapter.")})
+        self.updater.load_state_dict({k[len("optimizer."):]: v for k, v in state.items()
+                                      if k.startswith("optimizer.")})
+        self.step = int(state["es.step"])
+
+
+def adapter_state(layers: dict[str, EggrollLinear]) -> dict[str, torch.Tensor]:
+    """Every adapter buffer (lora_U / lora_V, or delta) by `layer.buffer` name, on the CPU."""
+    return {f"{name}.{key}": t.detach().cpu().contiguous()
+            for name, layer in layers.items() for key, t in layer.named_buffers(recurse=False)}
+
+
+def load_adapter_state(layers: dict[str, EggrollLinear], state: dict[str, torch.Tensor]) -> None:
+    for name, layer in layers.items():
+        for key, buffer in layer.named_buffers(recurse=False):
+            full = f"{name}.{key}"
+            if full not in state or state[full].shape != buffer.shape:
+                raise ValueError(f"checkpoint does not match the model: {full} missing or of another shape; "
+                                 "resume with the recipe the run was started with")
+            buffer.copy_(state[full])
 
 
 def population_rows(population: Population, batch_size: int, device=None) -> torch.Tensor:
     """Member ids for `batch_size` inputs repeated once per member: [N * batch_size], member-major."""
     return torch.arange(population.population_size, device=device).repeat_interleave(batch_size)
+
+
+def population_layout(population_size: int, members_per_prompt: int, prompts_per_member: int):
+    """Member id and prompt slot of every generated row, member-major: ([N * J], [N * J]).
+
+    Group g = members [g·M, (g+1)·M) answers prompt slots [g·J, (g+1)·J); antithetic partners (2k, 2k+1) always
+    fall in the same group because M is even.
+    """
+    members = torch.arange(population_size).repeat_interleave(prompts_per_member)
+    group = members // members_per_prompt
+    slots = group * prompts_per_member + torch.arange(prompts_per_member).repeat(population_size)
+    return members, slots

@@ -1,20 +1,25 @@
-"""Held-out evaluation: batched greedy generation, strict and flexible GSM8K-style answer checking.
+"""Held-out evaluation: batched greedy generation, scored by the run's reward functions and, where the dataset has
+GSM8K-style gold answers, by strict and flexible answer checking.
 
-One code path serves `eggroll-llm eval`, the trainer's periodic evaluation and the GRPO baseline's callback, so
-every accuracy in a comparison is measured the same way.
+One code path serves `eggroll-llm eval`, the EGGROLL trainer's periodic evaluation and the GRPO baseline's
+callback, so every figure in a comparison is measured the same way. A run keeps the per-problem records of every
+evaluation in `eval/step-NNNNNN.jsonl` (what `compare` pairs problem by problem).
 """
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from tqdm.auto import tqdm
 
 from .engine import SamplingParams
+from .io import atomic_write_text
 from .rewards import extract_answer, gold_answer, numbers_equal
 
-DEFAULT_MAX_NEW_TOKENS = {"tiny-arith": 64, "gsm8k": 512}
+DEFAULT_MAX_NEW_TOKENS = {"tiny-arith": 64, "gsm8k": 512, "countdown": 256}
 
 
 @dataclass
@@ -29,6 +34,26 @@ class EvalResult:
         return {"accuracy": self.accuracy, "strict_accuracy": self.strict_accuracy, "n": self.n, "tokens": self.tokens}
 
 
+def greedy_completions(engine, prompts: list[str], *, max_new_tokens: int, batch_size: int = 64,
+                       progress: bool = False, description: str = "eval") -> list:
+    """The engine's greedy completion (engine.base.Completion) of every prompt, `batch_size` prompts at a time."""
+    sampling = SamplingParams(max_new_tokens=max_new_tokens)
+    out = []
+    with tqdm(total=len(prompts), desc=description, unit="ex", disable=not progress, leave=False) as bar:
+        for start in range(0, len(prompts), batch_size):
+            out += engine.generate(prompts[start:start + batch_size], sampling)
+            bar.update(len(out) - bar.n)
+    return out
+
+
+def answer_record(completion: str, answer: str | int) -> dict:
+    """Strict (`#### N`) and flexible (last number) checks of one completion against its gold answer."""
+    gold = gold_answer(answer)
+    flexible, strict = extract_answer(completion, mode="flexible"), extract_answer(completion, mode="strict")
+    return {"extracted": flexible, "extracted_strict": strict, "gold": gold, "correct": numbers_equal(flexible, gold),
+            "strict_correct": numbers_equal(strict, gold)}
+
+
 def evaluate(engine, prompts: list[str], answers: list[str], *, max_new_tokens: int, batch_size: int = 64,
              progress: bool = True, description: str = "eval") -> EvalResult:
     """Greedy completions for `prompts`, scored against the gold `answers` (`#### N` strings or bare numbers)."""
@@ -36,43 +61,53 @@ def evaluate(engine, prompts: list[str], answers: list[str], *, max_new_tokens: 
         raise ValueError("evaluation needs at least one example")
     if len(prompts) != len(answers):
         raise ValueError(f"{len(prompts)} prompts but {len(answers)} gold answers")
-    sampling = SamplingParams(max_new_tokens=max_new_tokens)
-    records, tokens = [], 0
-    with tqdm(total=len(prompts), desc=description, unit="ex", disable=not progress, leave=False) as bar:
-        for start in range(0, len(prompts), batch_size):
-            chunk = slice(start, start + batch_size)
-            for prompt, answer, completion in zip(prompts[chunk], answers[chunk],
-                                                  engine.generate(prompts[chunk], sampling)):
-                gold = gold_answer(answer)
-                flexible = extract_answer(completion.text, mode="flexible")
-                strict = extract_answer(completion.text, mode="strict")
-                tokens += completion.num_tokens
-                records.append({"prompt": prompt, "completion": completion.text, "extracted": flexible,
-                                "extracted_strict": strict, "gold": gold, "correct": numbers_equal(flexible, gold),
-                                "strict_correct": numbers_equal(strict, gold)})
-            bar.update(len(prompts[chunk]))
+    completions = greedy_completions(engine, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size,
+                                     progress=progress, description=description)
+    records = [{"prompt": prompt, "completion": c.text, **answer_record(c.text, answer)}
+               for prompt, answer, c in zip(prompts, answers, completions)]
     n = len(records)
     return EvalResult(accuracy=sum(r["correct"] for r in records) / n,
                       strict_accuracy=sum(r["strict_correct"] for r in records) / n,
-                      n=n, tokens=tokens, records=records)
+                      n=n, tokens=sum(c.num_tokens for c in completions), records=records)
 
 
-def held_out_metrics(engine, prompts: list[str], answers: list[str], *, max_new_tokens: int,
-                     processes=None) -> dict:
-    """The eval_* keys of a metrics.jsonl record (DESIGN.md §7), the same for EGGROLL and GRPO runs.
+def held_out_metrics(engine, eval_set, rewards, *, max_new_tokens: int, processes=None,
+                     records_path: Path | None = None) -> dict:
+    """The eval_* keys of a metrics.jsonl record, the same for EGGROLL and GRPO runs.
 
-    With `processes` (distributed.Processes of a multi-process run) each process evaluates its share of the prompts
-    and the correct counts are summed over processes: the figures of one process evaluating them all.
+    `eval_set` is an inputs.PromptSet, `rewards` an inputs.RewardSet: `eval_reward` is the mean weighted reward of
+    the greedy completions (per function too, `eval_reward/NAME`, when there are several); a dataset with an `answer`
+    column adds eval_accuracy / eval_strict_accuracy (GSM8K-style checking). With `processes` (distributed.Processes
+    of a multi-process run) each process evaluates its share of the prompts and the records are gathered: the
+    figures of one process evaluating them all. `records_path`: the per-problem records, written by the main process.
     """
     start = time.perf_counter()
-    part = processes.share(len(prompts)) if processes is not None else slice(None)
-    records = (evaluate(engine, prompts[part], answers[part], max_new_tokens=max_new_tokens, progress=False).records
-               if prompts[part] else [])
-    counts = [sum(r["correct"] for r in records), sum(r["strict_correct"] for r in records), len(records)]
+    part = range(len(eval_set))[processes.share(len(eval_set))] if processes is not None else range(len(eval_set))
+    records = []
+    if len(part):
+        prompts, texts, columns = eval_set.select(part)
+        completions = greedy_completions(engine, texts, max_new_tokens=max_new_tokens)
+        text = [c.text for c in completions]
+        total, parts = rewards(prompts, eval_set.completions(text), [c.token_ids for c in completions], columns)
+        for k, index in enumerate(part):
+            record = {"index": index, "reward": float(total[k]), "completion": text[k]}
+            if len(parts) > 1:
+                record["rewards"] = {label: float(scores[k]) for label, scores in parts.items()}
+            if "answer" in columns:
+                checked = answer_record(text[k], columns["answer"][k])
+                record.update({k: checked[k] for k in ("gold", "correct", "strict_correct")})
+            records.append(record)
     if processes is not None:
-        counts = processes.sum_counts(counts, "the held-out counts")
-    correct, strict, n = counts
+        records = processes.gather_objects(records, "the held-out records")
+    n = len(records)
     if not n:
         raise ValueError("evaluation needs at least one example")
-    return {"eval_accuracy": correct / n, "eval_strict_accuracy": strict / n, "eval_n": n,
-            "eval_s": round(time.perf_counter() - start, 3)}
+    metrics = {"eval_reward": sum(r["reward"] for r in records) / n}
+    for label in records[0].get("rewards", {}):
+        metrics[f"eval_reward/{label}"] = sum(r["rewards"][label] for r in records) / n
+    if "correct" in records[0]:
+        metrics.update(eval_accuracy=sum(r["correct"] for r in records) / n,
+                       eval_strict_accuracy=sum(r["strict_correct"] for r in records) / n)
+    if records_path is not None and (processes is None or processes.is_main):
+        atomic_write_text(records_path, "".join(json.dumps(r) + "\n" for r in records))
+    return {**metrics, "eval_n": n, "eval_s": round(time.perf_counter() - start, 3)}

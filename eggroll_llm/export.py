@@ -1,4 +1,4 @@
-"""Adapters in and out as PEFT LoRA folders (DESIGN.md §3): a run's export for PEFT, vLLM and the Hub, and a PEFT
+"""Adapters in and out as PEFT LoRA folders (docs/design.md §3): a run's export for PEFT, vLLM and the Hub, and a PEFT
 adapter as the starting point of a new run.
 
 PEFT computes W + scaling · lora_B lora_A with scaling = lora_alpha / r. We write lora_B = U (m×r), lora_A = Vᵀ
@@ -156,8 +156,8 @@ def load_run(run_dir: str | Path):
     checkpoint's adapter, population rows None (the adapter-only model that evaluation sees)."""
     from .checkpoint import list_checkpoints, load_checkpoint
     from .config import load_config
+    from .es import EggrollES
     from .models import default_device, load_model
-    from .perturbed import Population, attach_eggroll
 
     run_dir = Path(run_dir)
     if not (run_dir / "config.yaml").is_file():
@@ -174,14 +174,12 @@ def load_run(run_dir: str | Path):
     if not checkpoints:
         raise ExportError(f"{run_dir} has no checkpoint (checkpoints/step-*/), so no adapter to export; train (or "
                           "--resume) it until it saves one: every save_every steps and at the end")
-    es = config.es
     model = load_model(config.model.name, dtype=config.model.dtype, device=default_device(config.model.device),
                        trust_remote_code=config.model.trust_remote_code)
-    population = Population(population_size=es.population_size, sigma=es.sigma, rank=es.rank,
-                            antithetic=es.antithetic, seed=config.seed, noise_reuse=es.noise_reuse)
-    layers = attach_eggroll(model, population, es.target_modules, es.adapter_rank)
-    _, state = load_checkpoint(checkpoints[-1], layers)
-    return config, model, layers, state
+    es = EggrollES.from_config(model, config.es, config.seed)
+    tensors, state = load_checkpoint(checkpoints[-1])
+    es.load_state_dict(tensors)
+    return config, model, es.layers, state
 
 
 def merge_into_base(model, layers: dict[str, EggrollLinear]) -> None:
@@ -265,6 +263,9 @@ def _adapter_folder(source: str) -> Path:
             raise ExportError(f"adapter {source!r} is neither an existing folder nor a Hub id of the form org/name")
         from huggingface_hub import snapshot_download
 
+        from .hub import require_hub
+
+        require_hub(f"adapter {source}", "pass a local adapter folder")
         path = Path(snapshot_download(source, allow_patterns=list(ADAPTER_FILES)))
     missing = [f for f in ADAPTER_FILES if not (path / f).is_file()]
     if missing:

@@ -1,6 +1,6 @@
 """Fitness shaping: raw reward scores of a population → one fitness scalar per member.
 
-DESIGN.md §1 / EGGROLL paper §6.3. Member i answers prompts q_ij (j = slot) and scores s_ij. Group-centred fitness
+docs/design.md §1 / EGGROLL paper §6.3. Member i answers prompts q_ij (j = slot) and scores s_ij. Group-centred fitness
 
     f_i = mean_j (s_ij − μ_{q_ij}) / σ̄,   μ_q = mean score of prompt q over every (member, slot) that answered it,
                                           σ̄ = std of all raw scores (+ eps),
@@ -21,7 +21,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-FITNESS_METHODS = ("group_centered", "centered_rank")
+FITNESS_METHODS = ("group_centered", "centered_rank", "none")
 
 
 class FitnessError(ValueError):
@@ -110,13 +110,22 @@ def centered_rank_fitness(scores: Tensor, prompt_ids: Tensor | None = None) -> T
     return rank / (n - 1) - 0.5
 
 
+def check_fitness_method(method: str) -> None:
+    if method not in FITNESS_METHODS:
+        raise ValueError(f"unknown fitness method {method!r}; choose one of {', '.join(FITNESS_METHODS)}")
+
+
 def shape_fitness(scores: Tensor, prompt_ids: Tensor, method: str = "group_centered") -> Tensor:
-    """Dispatch to one of FITNESS_METHODS: scores [N, J], prompt_ids [N, J] → fitness [N]."""
+    """Dispatch to one of FITNESS_METHODS: scores [N, J], prompt_ids [N, J] → fitness [N].
+
+    "none" takes each member's mean score as its fitness, unshaped (for scores a caller already shaped).
+    """
+    check_fitness_method(method)
     if method == "group_centered":
         return group_centered_fitness(scores, prompt_ids)
     if method == "centered_rank":
         return centered_rank_fitness(scores, prompt_ids)
-    raise ValueError(f"unknown fitness method {method!r}; choose one of {', '.join(FITNESS_METHODS)}")
+    return _check_grid(scores, prompt_ids).mean(dim=1)
 
 
 def antithetic_coefficients(fitness: Tensor, pairs: Tensor, signs: Tensor, num_pairs: int) -> Tensor:

@@ -1,14 +1,15 @@
-"""The GRPO baseline (DESIGN.md §6): TRL's GRPOTrainer fed EGGROLL's model, prompts, rewards, budget and evaluation.
+"""The GRPO baseline (docs/design.md §6): TRL's GRPOTrainer fed EGGROLL's model, prompts, rewards, budget and
+evaluation.
 
 Why TRL rather than a loop of our own: a baseline is only convincing if it is the implementation people run
 (group-relative advantages, clipped policy ratio, TRL's default DAPO token-level loss). This file only wires it into
-the project's run directory so `compare` reads both methods alike. Shared with `eggroll_llm.trainer`:
-- the base model and tokenizer (`load_base`: the embedded tiny-arith, any local/Hub model, or a random-init
-  dry run);
-- the prompts (`build_prompts`, already chat-templated: TRL tokenizes plain-string prompts as they are);
-- the reward functions (`get_reward_function`; TRL sums them with unit weights, as EGGROLL does; TRL's stock
-  accuracy reward would score `#### 72` as 0);
-- the completion budget (`generation.max_new_tokens`), the held-out evaluation (`evaluate`, greedy, through
+the project's run directory so `compare` reads both methods alike. `GRPOBaselineTrainer` takes what
+`EggrollTrainer` takes (inputs.py):
+- the model (a name, folder or Hub id, or a loaded model) and its tokenizer;
+- the datasets, passed to TRL as they are (text or conversational prompts; every other column reaches the rewards);
+- the reward functions and reward_weights (TRL sums them the same way; TRL's stock accuracy reward would score
+  `#### 72` as 0, the project's gsm8k reward does not);
+- the completion budget (`generation.max_new_tokens`), the held-out evaluation (`held_out_metrics`, greedy, through
   `HFEngine` on the model being trained, at step 0 and every `eval_every` steps) and metrics.jsonl's keys.
 Different by necessity: completions are sampled (temperature > 0: GRPO explores by sampling, EGGROLL by parameter
 noise under greedy decoding) and updates are AdamW steps on policy gradients.
@@ -21,32 +22,33 @@ Budget accounting counts what TRL generated, not an estimate: the reward functio
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import time
 from collections.abc import Callable
 from pathlib import Path
 
-import datasets
 import torch
 from transformers import TrainerCallback
 
-from .config import ConfigError, GRPOSection, TrainConfig
-from .data import build_prompts, load_task
+from .config import ConfigError, EggrollConfig, to_dict, validate
 from .engine.hf import HFEngine
 from .evaluate import held_out_metrics
 from .fitness import check_scores
+from .inputs import PromptSet, RewardSet
 from .io import atomic_directory
-from .rewards import get_reward_function
-from .runlog import MetricsLog, RunTotals, peak_memory_mb
-from .trainer import default_device, load_base, prepare_run_dir
+from .models import default_device, load_base, load_tokenizer
+from .rundir import prepare_run_dir
+from .runlog import MetricsLog, RunTotals, open_trackers, peak_memory_mb
 
 
-def check_grpo(config: TrainConfig, grpo: GRPOSection) -> None:
+def check_grpo(config: EggrollConfig) -> None:
     """Refuse a GRPO setting that TRL would reject or silently reshape, before any model or data is loaded."""
+    grpo = config.grpo
     completions = grpo.prompts_per_step * grpo.num_generations
     checks = [
-        (config.method == "grpo", f"method is {config.method!r}; train_grpo runs recipes with method: grpo"),
+        (config.method == "grpo", f"method is {config.method!r}; the GRPO baseline runs recipes with method: grpo"),
         (grpo.prompts_per_step >= 1, f"grpo.prompts_per_step must be >= 1, got {grpo.prompts_per_step}"),
         (grpo.num_generations >= 2, f"grpo.num_generations must be >= 2 (the group baseline needs two completions "
                                     f"of a prompt), got {grpo.num_generations}"),
@@ -68,35 +70,43 @@ def check_grpo(config: TrainConfig, grpo: GRPOSection) -> None:
 
 
 class RolloutTally:
-    """The reward functions, wrapped to count what TRL generated and to keep their summed scores.
+    """The reward functions, wrapped to count what TRL generated and to keep their weighted, summed scores.
 
-    TRL calls each reward function once per generation batch; the first one counts completions and tokens, every
-    one adds its scores. `take()` returns and clears what one update generated.
+    TRL calls each reward function once per generation batch; the first one counts completions, their tokens and
+    their prompts' tokens (`prompt_tokens(prompt)`), every one adds its weighted scores. `take()` returns and clears
+    what one update generated.
     """
 
-    def __init__(self, reward_fns: list[Callable]):
-        self.reward_fns = [self._wrap(fn, index) for index, fn in enumerate(reward_fns)]
-        self._scores: list[list[torch.Tensor]] = [[] for _ in reward_fns]
-        self._tokens = 0
+    def __init__(self, rewards: RewardSet, prompt_tokens: Callable[[object], int]):
+        self.reward_fns = [self._wrap(fn, label, index) for index, (fn, label) in
+                           enumerate(zip(rewards.funcs, rewards.labels))]
+        self.weights, self.prompt_tokens = rewards.weights, prompt_tokens
+        self._scores: list[list[torch.Tensor]] = [[] for _ in rewards.funcs]
+        self._tokens = self._prompt_tokens = 0
 
-    def _wrap(self, fn: Callable, index: int) -> Callable:
-        @functools.wraps(fn)  # TRL logs rewards/<__name__>/mean: keep the project's function names
+    def _wrap(self, fn: Callable, label: str, index: int) -> Callable:
+        @functools.wraps(fn)  # TRL logs rewards/<__name__>/mean: keep the functions' own names
         def counted(prompts, completions, completion_ids, **kwargs):
             scores = fn(prompts, completions, completion_ids=completion_ids, **kwargs)
-            self._scores[index].append(check_scores(scores, len(completions), fn.__name__))
+            self._scores[index].append(check_scores(scores, len(completions), label))
             if index == 0:
                 self._tokens += sum(len(ids) for ids in completion_ids)
+                self._prompt_tokens += sum(self.prompt_tokens(p) for p in prompts)
             return scores
 
+        if not hasattr(counted, "__name__"):  # a callable object: TRL names rewards by __name__
+            counted.__name__ = label
         return counted
 
-    def take(self) -> tuple[torch.Tensor, int]:
-        """(summed reward of every completion since the last take: [completions], their tokens), then clear."""
+    def take(self) -> tuple[torch.Tensor, int, int]:
+        """(weighted reward sum of every completion since the last take [completions], their tokens, their prompts'
+        tokens), then clear."""
         # [functions, completions] -> [completions]
-        scores = torch.stack([torch.cat(per_fn) for per_fn in self._scores]).sum(0)
-        tokens, self._tokens = self._tokens, 0
+        per_fn = torch.stack([torch.cat(scores) for scores in self._scores])
+        scores = (torch.tensor(self.weights)[:, None] * per_fn).sum(0)
+        tokens, prompt_tokens, self._tokens, self._prompt_tokens = self._tokens, self._prompt_tokens, 0, 0
         self._scores = [[] for _ in self._scores]
-        return scores, tokens
+        return scores, tokens, prompt_tokens
 
 
 class RunLogCallback(TrainerCallback):
@@ -106,7 +116,7 @@ class RunLogCallback(TrainerCallback):
     EGGROLL's `step_s`; evaluation, logging and checkpoint writing happen after it and are not counted.
     """
 
-    def __init__(self, log: MetricsLog, tally: RolloutTally, held_out: Callable[[torch.nn.Module], dict],
+    def __init__(self, log: MetricsLog, tally: RolloutTally, held_out: Callable[[torch.nn.Module, int], dict],
                  totals: RunTotals, eval_every: int, max_wall_s: float | None):
         self.log, self.tally, self.held_out, self.totals = log, tally, held_out, totals
         self.eval_every, self.max_wall_s = eval_every, max_wall_s
@@ -114,15 +124,15 @@ class RunLogCallback(TrainerCallback):
 
     def on_train_begin(self, args, state, control, model=None, **kwargs):
         if state.global_step == 0:  # a resumed run already holds its step-0 record
-            self.log.log({**RunTotals().record(), **self.held_out(model)})
+            self.log.log({**RunTotals().record(), **parameter_counts(model), **self.held_out(model, 0)})
 
     def on_step_begin(self, args, state, control, **kwargs):
         self._start = time.perf_counter()
 
     def on_step_end(self, args, state, control, model=None, **kwargs):
         step_s = time.perf_counter() - self._start
-        scores, tokens = self.tally.take()
-        self.totals = self.totals.advance(step_s, len(scores), tokens)
+        scores, tokens, prompt_tokens = self.tally.take()
+        self.totals = self.totals.advance(step_s, len(scores), tokens, prompt_tokens)
         record = {**self.totals.record(), "reward_mean": float(scores.mean()), "reward_std": float(scores.std()),
                   "step_s": round(step_s, 3),
                   "tokens_per_s": round(tokens / step_s, 1), "peak_mem_mb": round(peak_memory_mb(args.device), 1)}
@@ -130,8 +140,17 @@ class RunLogCallback(TrainerCallback):
         if out_of_time:  # the equal-budget stop; save so the run ends on a resumable checkpoint, as at max_steps
             control.should_training_stop = control.should_save = True
         if state.global_step % self.eval_every == 0 or state.global_step >= state.max_steps or out_of_time:
-            record.update(self.held_out(model))
+            record.update(self.held_out(model, state.global_step))
         self.log.log(record)
+
+
+def parameter_counts(model: torch.nn.Module) -> dict:
+    """model_params (the base model's, LoRA factors aside) and trainable_params (what the optimizer updates), as
+    EGGROLL logs them, for compare's FLOPs estimate."""
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
+    lora = sum(p.numel() for name, p in model.named_parameters() if "lora_" in name)
+    return {"model_params": total - lora, "trainable_params": trainable}
 
 
 def _restore(run_dir: Path, log: MetricsLog) -> tuple[str | None, RunTotals]:
@@ -149,69 +168,107 @@ def _restore(run_dir: Path, log: MetricsLog) -> tuple[str | None, RunTotals]:
     return checkpoint, RunTotals.from_dict(last)
 
 
-def train_grpo(config: TrainConfig, grpo: GRPOSection, *, resume: bool = False, progress: bool = True) -> Path:
-    """Run (or resume) a GRPO baseline run with TRL; returns the run directory (layout as EGGROLL's)."""
-    check_grpo(config, grpo)
-    from peft import LoraConfig, PeftModel
-    from transformers import PrinterCallback
-    from trl import GRPOConfig, GRPOTrainer
+class GRPOBaselineTrainer:
+    """GRPO with TRL's GRPOTrainer, taking exactly what EggrollTrainer takes (args.method must be grpo).
 
-    gen, data = config.generation, config.data
-    run_dir = prepare_run_dir(config, resume)
-    device = default_device(config.model.device)
-    model, tokenizer = load_base(config, device)
-    model.requires_grad_(grpo.lora_rank == 0)  # LoRA: PEFT unfreezes its own factors
+    model: a name, folder or Hub id (loaded with args.model's dtype and device), or a loaded causal LM. reward_funcs,
+    train_dataset, eval_dataset, processing_class: as EggrollTrainer's. The run directory has EGGROLL's layout and
+    metrics keys; a LoRA run (grpo.lora_rank > 0) leaves its PEFT adapter in adapter/, full fine-tuning the whole
+    model in model/.
+    """
 
-    train_set = load_task(data.task, data.train_split, data.data_path, seed=config.seed)
-    eval_set = load_task(data.task, data.eval_split, data.data_path, limit=data.eval_limit)
-    shared = dict(few_shot=data.few_shot, seed=config.seed, task=data.task, data_path=data.data_path)
-    prompts = datasets.Dataset.from_dict({"prompt": build_prompts(tokenizer, train_set, **shared),
-                                          "answer": list(train_set["answer"])})
-    eval_prompts, eval_answers = build_prompts(tokenizer, eval_set, **shared), list(eval_set["answer"])
+    def __init__(self, model, reward_funcs, train_dataset, eval_dataset=None, args: EggrollConfig | None = None,
+                 processing_class=None):
+        args = args or EggrollConfig(method="grpo")
+        check_grpo(args)
+        self.rewards = RewardSet(reward_funcs, args.reward_weights)
+        name = model if isinstance(model, str) else getattr(model, "name_or_path", "") or args.model.name
+        self.args = args = dataclasses.replace(args, rewards=self.rewards.names,
+                                               model=dataclasses.replace(args.model, name=name))
+        validate(args)
+        self.device = default_device(args.model.device)
+        if isinstance(model, str):
+            model, loaded_tokenizer = load_base(args.model, self.device, args.seed)
+            processing_class = processing_class or loaded_tokenizer
+        self.model = model
+        self.tokenizer = processing_class or load_tokenizer(args.model.name,
+                                                            trust_remote_code=args.model.trust_remote_code)
+        PromptSet(train_dataset, self.tokenizer, "train_dataset")  # checks the prompts (chats: that they render)
+        self.train_dataset = train_dataset  # TRL reads it as it is
+        self.eval_set = PromptSet(eval_dataset, self.tokenizer, "eval_dataset") if eval_dataset is not None else None
 
-    def held_out(policy: torch.nn.Module) -> dict:
+    def held_out(self, policy: torch.nn.Module, step: int) -> dict:
+        """held_out_metrics of the policy being trained; per-problem records in the run's eval/step-NNNNNN.jsonl."""
+        from peft import PeftModel
+
+        if self.eval_set is None:
+            return {}
         # A PeftModel's forward hides `logits_to_keep`; its base model (LoRA layers injected, active) keeps it.
-        engine = HFEngine(policy.get_base_model() if isinstance(policy, PeftModel) else policy, tokenizer,
-                          max_batch_tokens=gen.max_batch_tokens)
-        return held_out_metrics(engine, eval_prompts, eval_answers, max_new_tokens=gen.max_new_tokens)
+        engine = HFEngine(policy.get_base_model() if isinstance(policy, PeftModel) else policy, self.tokenizer,
+                          max_batch_tokens=self.args.generation.max_batch_tokens)
+        return held_out_metrics(engine, self.eval_set, self.rewards,
+                                max_new_tokens=self.args.generation.max_new_tokens,
+                                records_path=Path(self.args.output_dir) / "eval" / f"step-{step:06d}.jsonl")
 
-    log = MetricsLog(run_dir / "metrics.jsonl")
-    checkpoint, totals = _restore(run_dir, log) if resume else (None, RunTotals())
-    tally = RolloutTally([get_reward_function(name) for name in config.rewards])
-    on_cpu = torch.device(device).type == "cpu"
-    completions = grpo.prompts_per_step * grpo.num_generations
-    args = GRPOConfig(
-        output_dir=str(run_dir / "checkpoints"), seed=config.seed, data_seed=config.seed, max_steps=config.max_steps,
-        # One generation batch = one update: prompts_per_step prompts x num_generations completions, split into
-        # gradient_accumulation_steps micro-batches (TRL's steps_per_generation defaults to that count).
-        per_device_train_batch_size=completions // grpo.gradient_accumulation_steps,
-        gradient_accumulation_steps=grpo.gradient_accumulation_steps, num_generations=grpo.num_generations,
-        max_completion_length=gen.max_new_tokens, temperature=grpo.temperature, top_p=gen.top_p, beta=grpo.beta,
-        learning_rate=grpo.learning_rate, lr_scheduler_type="constant",  # a wall-clock stop must not meet a decayed lr
-        gradient_checkpointing=grpo.gradient_checkpointing,
-        # TRL defaults bf16 to True; train in the model's own dtype instead (bf16 autocast only for bf16 on GPU).
-        use_cpu=on_cpu, bf16=not on_cpu and config.model.dtype == "bfloat16", fp16=False,
-        save_strategy="steps", save_steps=config.save_every, save_total_limit=2,
-        eval_strategy="no", logging_steps=config.eval_every, report_to="none",
-        disable_tqdm=not progress, dataloader_num_workers=0,
-    )
-    peft_config = None
-    if grpo.lora_rank:
-        # "all-linear" = every linear layer but the output head: EGGROLL's default targets. alpha = 2r (a common
-        # choice); with Adam the scale trades against learning_rate, so it is not a separate knob.
-        peft_config = LoraConfig(r=grpo.lora_rank, lora_alpha=2 * grpo.lora_rank, target_modules="all-linear",
-                                 task_type="CAUSAL_LM")
-    callback = RunLogCallback(log, tally, held_out, totals, config.eval_every, config.max_wall_s)
-    trainer = GRPOTrainer(model=model, reward_funcs=tally.reward_fns, args=args, train_dataset=prompts,
-                          processing_class=tokenizer, callbacks=[callback], peft_config=peft_config)
-    if not progress:
-        trainer.remove_callback(PrinterCallback)  # it prints every log dict when the progress bar is off
-    trainer.train(resume_from_checkpoint=checkpoint)
+    def train(self, resume_from_checkpoint: bool = False) -> Path:
+        """Run (or resume) the GRPO run; returns the run directory (layout as EGGROLL's)."""
+        from peft import LoraConfig
+        from transformers import PrinterCallback
+        from trl import GRPOConfig, GRPOTrainer
 
-    # LoRA: the PEFT adapter folder, as EGGROLL's adapter/. Full fine-tuning has no adapter: the whole model
-    # (safetensors) and its tokenizer go to model/, loadable by `eggroll-llm eval --model RUN/model`.
-    with atomic_directory(run_dir / ("adapter" if grpo.lora_rank else "model"), overwrite=True) as folder:
-        trainer.model.save_pretrained(folder)
-        if not grpo.lora_rank:
-            tokenizer.save_pretrained(folder)
-    return run_dir
+        config, grpo, gen = self.args, self.args.grpo, self.args.generation
+        run_dir = prepare_run_dir(config, resume_from_checkpoint)
+        model, tokenizer = self.model, self.tokenizer
+        model.requires_grad_(grpo.lora_rank == 0)  # LoRA: PEFT unfreezes its own factors
+        log = MetricsLog(run_dir / "metrics.jsonl", open_trackers(config.report_to, run_dir, to_dict(config)))
+        checkpoint, totals = _restore(run_dir, log) if resume_from_checkpoint else (None, RunTotals())
+        prompt_lengths: dict[str, int] = {}
+
+        def prompt_tokens(prompt) -> int:  # TRL tokenizes the rendered prompt without special tokens
+            key = json.dumps(prompt) if not isinstance(prompt, str) else prompt
+            if key not in prompt_lengths:
+                text = prompt if isinstance(prompt, str) else tokenizer.apply_chat_template(
+                    prompt, tokenize=False, add_generation_prompt=True)
+                prompt_lengths[key] = len(tokenizer(text, add_special_tokens=False)["input_ids"])
+            return prompt_lengths[key]
+
+        tally = RolloutTally(self.rewards, prompt_tokens)
+        on_cpu = torch.device(self.device).type == "cpu"
+        completions = grpo.prompts_per_step * grpo.num_generations
+        args = GRPOConfig(
+            output_dir=str(run_dir / "checkpoints"), seed=config.seed, data_seed=config.seed,
+            max_steps=config.max_steps,
+            # One generation batch = one update: prompts_per_step prompts x num_generations completions, split into
+            # gradient_accumulation_steps micro-batches (TRL's steps_per_generation defaults to that count).
+            per_device_train_batch_size=completions // grpo.gradient_accumulation_steps,
+            gradient_accumulation_steps=grpo.gradient_accumulation_steps, num_generations=grpo.num_generations,
+            max_completion_length=gen.max_new_tokens, temperature=grpo.temperature, top_p=gen.top_p, beta=grpo.beta,
+            learning_rate=grpo.learning_rate, lr_scheduler_type="constant",  # a wall-clock stop must not meet decay
+            gradient_checkpointing=grpo.gradient_checkpointing, reward_weights=self.rewards.weights,
+            # TRL defaults bf16 to True; train in the model's own dtype instead (bf16 autocast only for bf16 on GPU).
+            use_cpu=on_cpu, bf16=not on_cpu and config.model.dtype == "bfloat16", fp16=False,
+            save_strategy="steps", save_steps=config.save_every, save_total_limit=2,
+            eval_strategy="no", logging_steps=config.eval_every, report_to="none",
+            disable_tqdm=config.disable_tqdm, dataloader_num_workers=0,
+        )
+        peft_config = None
+        if grpo.lora_rank:
+            # "all-linear" = every linear layer but the output head: EGGROLL's default targets. alpha = 2r (a common
+            # choice); with Adam the scale trades against learning_rate, so it is not a separate knob.
+            peft_config = LoraConfig(r=grpo.lora_rank, lora_alpha=2 * grpo.lora_rank, target_modules="all-linear",
+                                     task_type="CAUSAL_LM")
+        callback = RunLogCallback(log, tally, self.held_out, totals, config.eval_every, config.max_wall_s)
+        trainer = GRPOTrainer(model=model, reward_funcs=tally.reward_fns, args=args, train_dataset=self.train_dataset,
+                              processing_class=tokenizer, callbacks=[callback], peft_config=peft_config)
+        if config.disable_tqdm:
+            trainer.remove_callback(PrinterCallback)  # it prints every log dict when the progress bar is off
+        trainer.train(resume_from_checkpoint=checkpoint)
+        log.close()
+
+        # LoRA: the PEFT adapter folder, as EGGROLL's adapter/. Full fine-tuning has no adapter: the whole model
+        # (safetensors) and its tokenizer go to model/, loadable by `eggroll-llm eval --model RUN/model`.
+        with atomic_directory(run_dir / ("adapter" if grpo.lora_rank else "model"), overwrite=True) as folder:
+            trainer.model.save_pretrained(folder)
+            if not grpo.lora_rank:
+                tokenizer.save_pretrained(folder)
+        return run_dir

@@ -73,6 +73,16 @@ def resolve_model(name: str) -> str:
                      f"an existing folder, or a Hub id of the form org/name.{hint}")
 
 
+def fetchable(name: str) -> str:
+    """`resolve_model(name)`, checked to be loadable now: a Hub id needs the Hub to answer (hub.require_hub)."""
+    from .hub import require_hub
+
+    source = resolve_model(name)
+    if not Path(source).exists():
+        require_hub(f"model {name}", "pass a local model folder (written by save_pretrained) or an embedded name")
+    return source
+
+
 def model_type(name: str) -> str | None:
     """The architecture name in a local model's config.json, without loading weights (None for Hub ids)."""
     config = Path(resolve_model(name)) / "config.json"
@@ -115,7 +125,7 @@ def random_init_model(name: str, *, shrink: bool = False, dtype: str = "float32"
         config = arch_config(name, shrink=shrink, **ids, **({"vocab_size": len(tokenizer)} if shrink else {}))
     else:
         try:
-            config = AutoConfig.from_pretrained(resolve_model(name), trust_remote_code=trust_remote_code,
+            config = AutoConfig.from_pretrained(fetchable(name), trust_remote_code=trust_remote_code,
                                                 **(SHRUNK if shrink else {}))
             tokenizer = load_tokenizer(name, trust_remote_code=trust_remote_code)
         except OSError as err:
@@ -128,10 +138,27 @@ def random_init_model(name: str, *, shrink: bool = False, dtype: str = "float32"
     return model.eval().requires_grad_(False), tokenizer
 
 
+def load_base(spec, device: str, seed: int):
+    """(model, tokenizer) a run starts from, for the run config's `model` section (config.ModelConfig): the named
+    model, or with `dry_run_random_init` a random-init model of its architecture (see `random_init_model`)."""
+    if spec.dry_run_random_init:
+        return random_init_model(spec.name, shrink=spec.dry_run_shrink, dtype=spec.dtype, device=device, seed=seed,
+                                 trust_remote_code=spec.trust_remote_code)
+    return (load_model(spec.name, dtype=spec.dtype, device=device, trust_remote_code=spec.trust_remote_code),
+            load_tokenizer(spec.name, trust_remote_code=spec.trust_remote_code))
+
+
+def base_tokenizer(spec):
+    """The tokenizer `load_base(spec, ...)` pairs with its model, without loading the model."""
+    if spec.dry_run_random_init and (spec.name in HUB_ARCHS or spec.name in ARCHS):
+        return load_tokenizer("tiny-arith")  # recorded architectures run with the embedded tokenizer
+    return load_tokenizer(spec.name, trust_remote_code=spec.trust_remote_code)
+
+
 def load_tokenizer(name: str, *, trust_remote_code: bool = False):
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(resolve_model(name), trust_remote_code=trust_remote_code)
+    tokenizer = AutoTokenizer.from_pretrained(fetchable(name), trust_remote_code=trust_remote_code)
     if tokenizer.pad_token_id is None:  # batched generation needs a pad token; eos is the usual stand-in
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "left"
@@ -146,7 +173,7 @@ def load_model(name: str, *, dtype: str = "float32", device: str = "cpu",
 
     if dtype not in DTYPES:
         raise ModelError(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
-    source = resolve_model(name)
+    source = fetchable(name)
     try:
         model = AutoModelForCausalLM.from_pretrained(source, dtype=getattr(torch, dtype), use_safetensors=True,
                                                      trust_remote_code=trust_remote_code)

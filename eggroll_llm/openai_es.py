@@ -10,12 +10,11 @@ This is the estimator EGGROLL approximates with rank-r noise A_i B_iᵀ (arXiv 2
 it is kept only as a baseline: N/2·m·n noise values per layer and step instead of N/2·(m+n)·r, and a per-row
 gather of [rows, m, n] plus one full-width bmm in every forward instead of two thin ones. Everything else —
 targets, layer indices, noise keys, antithetic pairs, fitness handling, momentum state — is shared with
-EggrollES, so a comparison differs only in the structure of the noise (DESIGN.md §7).
+EggrollES, so a comparison differs only in the structure of the noise.
 
     es = OpenAIES(model, population_size=64, sigma=0.05, lr=0.05)   # drop-in for EggrollES(model, ...)
-    for step in range(steps):
-        fitness = es.evaluate(step, score_population)               # score_population(model, population) -> [N]
-        es.tell(fitness)
+    for _ in range(steps):
+        es.tell(es.evaluate(score_population))                      # score_population(model, population) -> [N]
 
 Rows of a forward carry whole sequences (x: [rows, seq, n]); give each member one row holding all of its inputs
 along the sequence axis, because the gathered noise costs rows·m·n.
@@ -27,7 +26,7 @@ import torch
 from torch import nn
 
 from .es import EggrollES, ESUpdater
-from .fitness import antithetic_coefficients
+from .fitness import antithetic_coefficients, check_fitness_method
 from .noise import PopulationError, noise_seed
 from .perturbed import EggrollLinear, Population, attach_eggroll
 
@@ -122,13 +121,14 @@ class OpenAIES(EggrollES):
 
     def __init__(self, model: nn.Module, *, population_size: int, sigma: float, lr: float, antithetic: bool = True,
                  noise_reuse: int = 1, seed: int = 0, target_modules: list[str] | str | None = None,
-                 momentum: float = 0.0, weight_decay: float = 0.0):
+                 momentum: float = 0.0, weight_decay: float = 0.0, fitness: str = "group_centered"):
         if not 0.0 <= momentum < 1.0:
             raise ValueError(f"momentum must lie in [0, 1), got {momentum}")
         if weight_decay < 0 or lr * weight_decay > 1:
             raise ValueError(f"weight_decay must be >= 0 with lr * weight_decay <= 1, got {weight_decay} (lr {lr})")
+        check_fitness_method(fitness)
         # EggrollES.__init__ is deliberately not called: dense-noise layers and updater replace its low-rank ones.
-        self.model = model
+        self.model, self.fitness, self.step = model, fitness, 0
         # rank 1 makes Population's row scale s_i σ/√r equal to s_i σ; the rank is otherwise unused here.
         self.population = Population(population_size=population_size, sigma=sigma, rank=1, antithetic=antithetic,
                                      seed=seed, noise_reuse=noise_reuse)

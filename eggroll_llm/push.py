@@ -17,7 +17,7 @@ from huggingface_hub import HfApi, ModelCard, ModelCardData, get_token
 from huggingface_hub.errors import HfHubHTTPError
 from huggingface_hub.utils import validate_repo_id
 
-from .config import TrainConfig, to_dict
+from .config import EggrollConfig, to_dict
 
 TRUE_VALUES = {"1", "ON", "YES", "TRUE"}  # huggingface_hub's reading of boolean environment variables
 HUB_DATASETS = {"gsm8k": "openai/gsm8k"}
@@ -36,7 +36,7 @@ def _accuracy_rows(metrics: list[dict]) -> list[tuple[str, dict]]:
     return [("base model", evals[0]), ("final", evals[-1]), ("best", best)]
 
 
-def model_card(config: TrainConfig, metrics: list[dict], summary: dict, base_model: str, *,
+def model_card(config: EggrollConfig, metrics: list[dict], summary: dict, base_model: str, *,
                merged: bool = False) -> ModelCard:
     """The README.md of an export (`merged`: of its merged/ model): base model, method, data, results, settings."""
     task = config.data.task

@@ -1,4 +1,4 @@
-"""GSM8K-style answer checking and TRL-compatible reward functions (DESIGN.md §4).
+"""GSM8K-style answer checking and TRL-compatible reward functions (docs/design.md §4).
 
 Every function here has TRL's reward signature `fn(prompts, completions, **dataset_columns) -> list[float | None]`,
 so the same callable scores EGGROLL's population and TRL's GRPOTrainer, and both methods are judged alike.
@@ -20,7 +20,10 @@ records show what the model said. Compare answers with `numbers_equal` (exact ra
 from __future__ import annotations
 
 import difflib
+import importlib
+import os
 import re
+import sys
 from collections.abc import Callable, Sequence
 from fractions import Fraction
 from typing import Any
@@ -165,4 +168,52 @@ def get_reward_function(name: str) -> Callable[..., list[float | None]]:
         return REWARD_FUNCTIONS[name]
     close = difflib.get_close_matches(str(name), list(REWARD_FUNCTIONS), n=1)
     hint = f" (did you mean {close[0]!r}?)" if close else ""
-    raise RewardError(f"unknown reward function {name!r}{hint}; valid names: {', '.join(REWARD_FUNCTIONS)}")
+    raise RewardError(f"unknown reward function {name!r}{hint}; valid names: {', '.join(REWARD_FUNCTIONS)}, or "
+                      "an import path package.module:function")
+
+
+def resolve_reward(entry: str | Callable) -> Callable[..., list[float | None]]:
+    """A reward function from a callable (returned as is), a built-in name, or an import path `package.module:function`
+    (a module importable from the current environment or working directory). Raises RewardError naming the fix."""
+    if callable(entry):
+        return entry
+    if not isinstance(entry, str) or not entry:
+        raise RewardError(f"a reward function must be a callable, a built-in name or package.module:function, "
+                          f"got {entry!r}")
+    if ":" not in entry:
+        return get_reward_function(entry)
+    module_name, _, attribute = entry.partition(":")
+    if not module_name or not attribute:
+        raise RewardError(f"reward {entry!r}: write an import path as package.module:function")
+    if "" not in sys.path and os.getcwd() not in sys.path:  # like `python -m`: modules beside the recipe's caller
+        sys.path.append(os.getcwd())
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as err:  # ImportError, or the module's own error while importing
+        raise RewardError(f"reward {entry!r}: cannot import {module_name} ({type(err).__name__}: {err}); check "
+                          "that the module is installed or in the working directory") from err
+    fn = module
+    for part in attribute.split("."):
+        fn = getattr(fn, part, None)
+        if fn is None:
+            raise RewardError(f"reward {entry!r}: module {module_name} has no attribute {attribute!r}")
+    if not callable(fn):
+        raise RewardError(f"reward {entry!r} is a {type(fn).__name__}, not a function; point it at a callable "
+                          "fn(prompts, completions, **columns) -> list[float | None]")
+    return fn
+
+
+def reward_name(entry: str | Callable) -> str:
+    """How a reward is named in config.yaml and the logs: its name or import path as given, else module:qualname."""
+    if isinstance(entry, str):
+        return entry
+    qualname = getattr(entry, "__qualname__", None) or type(entry).__name__
+    return f"{getattr(entry, '__module__', None) or '__main__'}:{qualname}"
+
+
+# Countdown (TinyZero's task) lives in its own module; registered here so recipes and the stable names
+# `eggroll_llm.rewards.countdown_reward` / `countdown_format_reward` reach it like the GSM8K rewards.
+from .countdown import countdown_format_reward, countdown_reward  # noqa: E402  (countdown imports rewards lazily)
+
+REWARD_FUNCTIONS["countdown"] = countdown_reward
+REWARD_FUNCTIONS["countdown_format"] = countdown_format_reward

@@ -1,12 +1,14 @@
 """The run directory's metrics log: one flat JSON object per step, the same keys for EGGROLL and GRPO.
 
-Keys every method writes (DESIGN.md §7): step, wall_s, completions, tokens, reward_mean, peak_mem_mb, and
-eval_accuracy / eval_strict_accuracy / eval_n on evaluation steps. Timing-dependent keys are listed in
+Keys every method writes (docs/design.md §7): step, wall_s, completions, tokens, prompt_tokens, reward_mean,
+peak_mem_mb; on evaluation steps eval_reward, eval_n and, for datasets with gold answers, eval_accuracy /
+eval_strict_accuracy; on step 0 model_params and trainable_params. Timing-dependent keys are listed in
 TIMING_KEYS so determinism checks can ignore them.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import resource
 import sys
@@ -36,27 +38,34 @@ class RunTotals:
     step: int = 0
     wall_s: float = 0.0      # training time, evaluation excluded
     completions: int = 0
-    tokens: int = 0
+    tokens: int = 0          # generated tokens
+    prompt_tokens: int = 0   # prompt tokens fed through the model (one per completion's prompt)
 
     @classmethod
     def from_dict(cls, values: dict) -> RunTotals:
-        return cls(**{f.name: values[f.name] for f in fields(cls)})
+        """Totals from a saved state or record (a key older runs did not record takes its default)."""
+        return cls(**{f.name: values.get(f.name, f.default) for f in fields(cls)})
 
-    def advance(self, seconds: float, completions: int, tokens: int) -> RunTotals:
+    def advance(self, seconds: float, completions: int, tokens: int, prompt_tokens: int = 0) -> RunTotals:
         """The totals after one more update that took `seconds` and generated `completions` / `tokens`."""
-        return RunTotals(self.step + 1, self.wall_s + seconds, self.completions + completions, self.tokens + tokens)
+        return RunTotals(self.step + 1, self.wall_s + seconds, self.completions + completions, self.tokens + tokens,
+                         self.prompt_tokens + prompt_tokens)
 
     def record(self) -> dict:
         """The budget keys of a metrics.jsonl record (one optimizer update per step for both methods)."""
         return {"step": self.step, "wall_s": round(self.wall_s, 3), "completions": self.completions,
-                "tokens": self.tokens, "updates": self.step}
+                "tokens": self.tokens, "prompt_tokens": self.prompt_tokens, "updates": self.step}
 
 
 class MetricsLog:
-    """Appends one JSON line per record to metrics.jsonl; on resume, drops records past the checkpoint's step."""
+    """Appends one JSON line per record to metrics.jsonl, and hands each record to the `report_to` trackers.
 
-    def __init__(self, path: str | Path):
+    On resume, records past the checkpoint's step are dropped. Only numbers go to the trackers (step as the x axis).
+    """
+
+    def __init__(self, path: str | Path, trackers: list | None = None):
         self.path = Path(path)
+        self.trackers = trackers or []
 
     def read(self) -> list[dict]:
         if not self.path.is_file():
@@ -70,3 +79,58 @@ class MetricsLog:
     def log(self, record: dict) -> None:
         with self.path.open("a") as handle:
             handle.write(json.dumps(record) + "\n")
+        numbers = {k: v for k, v in record.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        for tracker in self.trackers:
+            tracker.log(numbers, record["step"])
+
+    def close(self) -> None:
+        for tracker in self.trackers:
+            tracker.close()
+
+
+def report_targets(report_to: str | list[str]) -> list[str]:
+    """The trackers `report_to` asks for: "all" means those installed; a named one that is missing is an error."""
+    wanted = [report_to] if isinstance(report_to, str) else list(report_to)
+    if "all" in wanted:
+        return [name for name in ("tensorboard", "wandb") if importlib.util.find_spec(name) is not None]
+    missing = [name for name in wanted if name != "none" and importlib.util.find_spec(name) is None]
+    if missing:
+        raise ValueError(f"report_to names {missing[0]}, which is not installed; pip install {missing[0]} or drop it "
+                         "from report_to")
+    return [name for name in wanted if name != "none"]
+
+
+class _TensorBoard:
+    def __init__(self, run_dir: Path, config: dict):
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.writer = SummaryWriter(log_dir=str(run_dir / "tensorboard"))
+
+    def log(self, numbers: dict, step: int) -> None:
+        for key, value in numbers.items():
+            if key != "step":
+                self.writer.add_scalar(key, value, step)
+        self.writer.flush()
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+class _WandB:
+    def __init__(self, run_dir: Path, config: dict):
+        import wandb
+
+        # project and entity come from wandb's own settings (WANDB_PROJECT, WANDB_ENTITY, `wandb login`)
+        self.run = wandb.init(name=run_dir.name, config=config, dir=str(run_dir), resume="allow")
+
+    def log(self, numbers: dict, step: int) -> None:
+        self.run.log(numbers, step=step)
+
+    def close(self) -> None:
+        self.run.finish()
+
+
+def open_trackers(report_to: str | list[str], run_dir: Path, config: dict) -> list:
+    """Trackers for `report_to` (see report_targets), writing beside metrics.jsonl: tensorboard/ in the run dir."""
+    kinds = {"tensorboard": _TensorBoard, "wandb": _WandB}
+    return [kinds[name](Path(run_dir), config) for name in report_targets(report_to)]

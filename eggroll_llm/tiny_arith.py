@@ -1,6 +1,6 @@
 """tiny-arith: seeded GSM8K-style multi-step arithmetic word problems.
 
-The task of the embedded CPU default (DESIGN.md §4). Each problem is a short story whose quantity goes
+The task of the embedded CPU default (docs/design.md §4). Each problem is a short story whose quantity goes
 through 1-2 operations (the knobs allow more); the gold answer shows the worked steps and ends with GSM8K's
 `#### N` line, so the same reward code scores tiny-arith and GSM8K.
 

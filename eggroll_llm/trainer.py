@@ -1,39 +1,41 @@
 """The EGGROLL trainer for causal LMs: prompts → population generation → rewards → fitness → fold → log/eval/save.
 
-DESIGN.md §1: every step, N members (antithetic pairs share low-rank noise of opposite sign) answer prompts under
-their own perturbation in ONE batched generation; TRL-style reward functions score the completions; fitness is
-centred per prompt (paper §6.3) and the fitness-weighted noise is folded into the fp32 adapters. Layout: members
-come in groups of `members_per_prompt`; each group answers the same `prompts_per_member` prompts, so fitness
-compares members on equal questions. Launched on several processes (distributed.py), each generates and scores
-its shard of the rows and only the scores are exchanged; the main process logs, checkpoints and exports.
+docs/design.md §1: every step, N members (antithetic pairs share low-rank noise of opposite sign) answer prompts
+under their own perturbation in ONE batched generation; TRL-style reward functions score the completions; the ES
+core (`es.EggrollES`) shapes fitness per prompt (paper §6.3) and folds the fitness-weighted noise into the fp32
+adapters. Layout: members come in groups of `members_per_prompt`; each group answers the same `prompts_per_member`
+prompts, so fitness compares members on equal questions. Launched on several processes (distributed.py), each
+generates and scores its shard of the rows and only the scores are exchanged; the main process logs, checkpoints
+and exports.
 
-    eggroll-llm train recipes/tiny-arith-eggroll.yaml
+Shaped like TRL's GRPOTrainer:
+
+    trainer = EggrollTrainer(model="tiny-arith", reward_funcs=[my_reward], train_dataset=train_ds,
+                             eval_dataset=eval_ds, args=EggrollConfig(output_dir="runs/x", max_steps=50))
+    trainer.train()                     # trainer.train(resume_from_checkpoint=True) continues a run
 """
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import asdict
 from pathlib import Path
 
 import torch
-import yaml
 from tqdm.auto import tqdm
 
 from .checkpoint import checkpoint_step, list_checkpoints, load_checkpoint, save_checkpoint
-from .config import TrainConfig, to_dict
-from .data import build_prompts, load_task
+from .config import ConfigError, EggrollConfig, to_dict, validate
 from .distributed import init_processes, shard_rows, shard_seed
 from .engine import SamplingParams, get_engine
-from .es import ESUpdater
+from .es import EggrollES, population_layout
 from .evaluate import held_out_metrics
 from .export import base_model_id, export_peft_adapter, load_peft_adapter
-from .fitness import check_scores, shape_fitness
-from .io import atomic_write_text
-from .models import default_device, load_model, load_tokenizer, random_init_model
-from .perturbed import Population, attach_eggroll
-from .rewards import get_reward_function
-from .runlog import MetricsLog, RunTotals, peak_memory_mb
+from .inputs import PromptSet, RewardSet
+from .models import default_device, load_base, load_tokenizer
+from .rundir import prepare_run_dir
+from .runlog import MetricsLog, RunTotals, open_trackers, peak_memory_mb
 
 
 def prompt_indices(num_examples: int, step: int, count: int, seed: int) -> list[int]:
@@ -51,145 +53,148 @@ def prompt_indices(num_examples: int, step: int, count: int, seed: int) -> list[
     return out
 
 
-def population_layout(population_size: int, members_per_prompt: int, prompts_per_member: int):
-    """Member id and prompt slot of every generated row, member-major: ([N * J], [N * J]).
+def resolve_args(args: EggrollConfig | None, model, reward_names: list[str]) -> EggrollConfig:
+    """The run's config as config.yaml records it: `args` (validated) with the model and rewards actually given."""
+    args = args or EggrollConfig()
+    if args.method != "eggroll":
+        raise ConfigError(f"args.method is {args.method!r}; EggrollTrainer runs method: eggroll (the GRPO baseline "
+                          "is grpo.GRPOBaselineTrainer)")
+    name = model if isinstance(model, str) else getattr(model, "name_or_path", "") or args.model.name
+    args = dataclasses.replace(args, rewards=reward_names, model=dataclasses.replace(args.model, name=name))
+    validate(args)
+    return args
 
-    Group g = members [g·M, (g+1)·M) answers prompt slots [g·J, (g+1)·J); antithetic partners (2k, 2k+1) always
-    fall in the same group because M is even.
+
+class EggrollTrainer:
+    """EGGROLL fine-tuning of a causal LM against reward functions, TRL GRPOTrainer-style.
+
+    model: an embedded name (tiny-arith), a local folder or a Hub id (loaded with args.model's dtype and device), or a
+    loaded transformers causal LM (its target linear layers are wrapped in place). reward_funcs: callables
+    `fn(prompts, completions, **columns) -> list[float | None]`, built-in names, or `package.module:function` paths,
+    summed with args.reward_weights. train_dataset / eval_dataset: datasets.Dataset with a `prompt` column (text or
+    chat messages); every other column reaches every reward function as a keyword list. processing_class: the
+    tokenizer (default: loaded from the model's name).
     """
-    members = torch.arange(population_size).repeat_interleave(prompts_per_member)
-    group = members // members_per_prompt
-    slots = group * prompts_per_member + torch.arange(prompts_per_member).repeat(population_size)
-    return members, slots
 
+    def __init__(self, model, reward_funcs, train_dataset, eval_dataset=None, args: EggrollConfig | None = None,
+                 processing_class=None):
+        self.rewards = RewardSet(reward_funcs, args.reward_weights if args is not None else None)
+        self.args = args = resolve_args(args, model, self.rewards.names)
+        self.processes = init_processes(args.distributed_timeout_s,
+                                        cpu=default_device(args.model.device).startswith("cpu"))
+        self.device = self.processes.device(args.model.device)
+        if isinstance(model, str):
+            model, loaded_tokenizer = load_base(args.model, self.device, args.seed)
+            processing_class = processing_class or loaded_tokenizer
+        self.model = model
+        self.tokenizer = processing_class or load_tokenizer(args.model.name,
+                                                            trust_remote_code=args.model.trust_remote_code)
+        self.train_set = PromptSet(train_dataset, self.tokenizer, "train_dataset")
+        self.eval_set = PromptSet(eval_dataset, self.tokenizer, "eval_dataset") if eval_dataset is not None else None
+        es, gen = args.es, args.generation
+        self.row_shards = shard_rows(es.population_size, es.prompts_per_member, es.antithetic,
+                                     self.processes.world_size)
+        self.es = EggrollES.from_config(self.model, es, args.seed)
+        options = ({"gpu_memory_utilization": gen.gpu_memory_utilization, "seed": args.seed,
+                    "trust_remote_code": args.model.trust_remote_code} if gen.engine == "vllm"
+                   else {"max_batch_tokens": gen.max_batch_tokens})
+        self.engine = get_engine(gen.engine, self.model, self.tokenizer, population=self.es.population, **options)
 
-def prepare_run_dir(config: TrainConfig, resume: bool, write: bool = True) -> Path:
-    run_dir = Path(config.output_dir)
-    if (run_dir / "metrics.jsonl").exists() and not resume:
-        raise FileExistsError(f"{run_dir} already holds a run; pass --resume to continue it or choose another "
-                              "--output_dir")
-    if resume and (run_dir / "config.yaml").is_file():
-        saved = yaml.safe_load((run_dir / "config.yaml").read_text())
-        ignore = {"max_steps", "max_wall_s", "eval_every", "save_every", "distributed_timeout_s"}
-        changed = sorted(k for k, v in to_dict(config).items() if k not in ignore and saved.get(k) != v)
-        if changed:
-            raise ValueError(f"cannot resume {run_dir} with a different recipe (changed: {', '.join(changed)}); "
-                             "resume with the recipe the run was started with")
-    if write:
-        atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(to_dict(config), sort_keys=False))
-    return run_dir
+    def evaluate(self, step: int | None = None) -> dict:
+        """Greedy held-out metrics of the current adapter (eval_reward, and eval_accuracy when there is an answer
+        column); with `step`, the per-problem records go to the run's eval/step-NNNNNN.jsonl."""
+        if self.eval_set is None:
+            return {}
+        path = None if step is None else Path(self.args.output_dir) / "eval" / f"step-{step:06d}.jsonl"
+        return held_out_metrics(self.engine, self.eval_set, self.rewards, processes=self.processes,
+                                max_new_tokens=self.args.generation.max_new_tokens, records_path=path)
 
+    def train(self, resume_from_checkpoint: bool = False) -> Path:
+        """Run (or with resume_from_checkpoint, continue) the run; returns the run directory."""
+        args, es, processes = self.args, self.args.es, self.processes
+        run_dir = prepare_run_dir(args, resume_from_checkpoint, write=processes.is_main)
+        trackers = open_trackers(args.report_to, run_dir, to_dict(args)) if processes.is_main else []
+        log, state = MetricsLog(run_dir / "metrics.jsonl", trackers), RunTotals()
+        checkpoints = list_checkpoints(run_dir)
+        start_from = checkpoints[-1] if resume_from_checkpoint and checkpoints else None
+        # also the barrier that keeps the main process from writing metrics.jsonl before every process checked run_dir
+        processes.agree(checkpoint_step(start_from), "the checkpoint to start from",
+                        "every process must see the same run directory (a filesystem they all share)")
+        if start_from is not None:
+            tensors, saved = load_checkpoint(start_from)
+            self.es.load_state_dict(tensors)
+            state = RunTotals.from_dict(saved)
+            if processes.is_main:
+                log.truncate_after(state.step)
+        else:
+            if processes.is_main:  # a fresh start (or a resume before the first checkpoint) begins an empty log
+                log.truncate_after(-1)
+            if args.model.adapter is not None:  # continue from an existing adapter (docs/design.md §3)
+                load_peft_adapter(self.es.layers, args.model.adapter)
 
-def load_base(config: TrainConfig, device: str):
-    """(model, tokenizer) a run starts from: the recipe's model, or with model.dry_run_random_init a random-init
-    model of the same architecture (no download for the recipes' models; see `models.random_init_model`)."""
-    spec = config.model
-    if spec.dry_run_random_init:
-        return random_init_model(spec.name, shrink=spec.dry_run_shrink, dtype=spec.dtype, device=device,
-                                 seed=config.seed, trust_remote_code=spec.trust_remote_code)
-    return (load_model(spec.name, dtype=spec.dtype, device=device, trust_remote_code=spec.trust_remote_code),
-            load_tokenizer(spec.name, trust_remote_code=spec.trust_remote_code))
-
-
-def train(config: TrainConfig, *, resume: bool = False, progress: bool = True) -> Path:
-    """Run (or resume) an EGGROLL training run, on every process of a launched job; returns the run directory."""
-    es, gen = config.es, config.generation
-    processes = init_processes(config.distributed_timeout_s,
-                               cpu=default_device(config.model.device).startswith("cpu"))
-    row_shards = shard_rows(es.population_size, es.prompts_per_member, es.antithetic, processes.world_size)
-    run_dir = prepare_run_dir(config, resume, write=processes.is_main)
-    device = processes.device(config.model.device)
-    model, tokenizer = load_base(config, device)
-    population = Population(population_size=es.population_size, sigma=es.sigma, rank=es.rank,
-                            antithetic=es.antithetic, seed=config.seed, noise_reuse=es.noise_reuse)
-    layers = attach_eggroll(model, population, es.target_modules, es.adapter_rank)
-    updater = ESUpdater(layers, population, lr=es.lr, momentum=es.momentum, weight_decay=es.weight_decay)
-    options = ({"gpu_memory_utilization": gen.gpu_memory_utilization, "seed": config.seed,
-                "trust_remote_code": config.model.trust_remote_code} if gen.engine == "vllm"
-               else {"max_batch_tokens": gen.max_batch_tokens})
-    engine = get_engine(gen.engine, model, tokenizer, population=population, **options)
-    reward_fns = [get_reward_function(name) for name in config.rewards]
-
-    data = config.data
-    train_set = load_task(data.task, data.train_split, data.data_path, seed=config.seed)
-    eval_set = load_task(data.task, data.eval_split, data.data_path, limit=data.eval_limit)
-    shared = dict(few_shot=data.few_shot, seed=config.seed, task=data.task, data_path=data.data_path)
-    train_prompts, train_answers = build_prompts(tokenizer, train_set, **shared), list(train_set["answer"])
-    eval_prompts, eval_answers = build_prompts(tokenizer, eval_set, **shared), list(eval_set["answer"])
-
-    log, state, checkpoints = MetricsLog(run_dir / "metrics.jsonl"), RunTotals(), list_checkpoints(run_dir)
-    start_from = checkpoints[-1] if resume and checkpoints else None
-    # also the barrier that keeps the main process from writing metrics.jsonl before every process checked run_dir
-    processes.agree(checkpoint_step(start_from), "the checkpoint to start from",
-                    "every process must see the same run directory (a filesystem they all share)")
-    if start_from is not None:
-        optimizer_state, saved = load_checkpoint(start_from, layers)
-        updater.load_state_dict(optimizer_state)
-        state = RunTotals.from_dict(saved)
-        if processes.is_main:
-            log.truncate_after(state.step)
-    else:
-        if processes.is_main:  # a fresh start (or a resume before the first checkpoint) begins an empty log
-            log.truncate_after(-1)
-        if config.model.adapter is not None:  # continue from an existing adapter (DESIGN.md §3)
-            load_peft_adapter(layers, config.model.adapter)
-
-    def held_out() -> dict:
-        return held_out_metrics(engine, eval_prompts, eval_answers, max_new_tokens=gen.max_new_tokens,
-                                processes=processes)
-
-    # what one data-parallel step would all-reduce instead: an fp32 gradient of every target matrix
-    allreduce_bytes = 4 * sum(layer.base.weight.numel() for layer in layers.values())
-    last_eval = {}  # the latest held-out metrics, shown on the progress bar
-    if state.step == 0:
-        last_eval = held_out()
-        record = {**state.record(), **last_eval, **processes.traffic(allreduce_bytes)}
-        if processes.is_main:
-            log.log(record)
-    members, slots = population_layout(es.population_size, es.members_per_prompt, es.prompts_per_member)
-    prompts_per_step = int(slots.max()) + 1
-    mine = row_shards[processes.rank]                              # this process's rows of the layout
-    bar = tqdm(total=config.max_steps, initial=state.step, desc="eggroll", unit="step",
-               disable=not progress or not processes.is_main)
-    while state.step < config.max_steps and (config.max_wall_s is None or state.wall_s < config.max_wall_s):
-        start = time.perf_counter()
-        chosen = prompt_indices(len(train_prompts), state.step, prompts_per_step, config.seed)
-        rows = [chosen[s] for s in slots[mine].tolist()]         # dataset index of this process's rows
-        sampling = SamplingParams(max_new_tokens=gen.max_new_tokens, temperature=gen.temperature, top_p=gen.top_p,
-                                  seed=shard_seed(config.seed * 1_000_003 + state.step, mine.start))
-        population.set_step(state.step)
-        row_prompts = [train_prompts[i] for i in rows]
-        completions = engine.generate(row_prompts, sampling, member_ids=members[mine].tolist())
-        texts = [c.text for c in completions]
-        scores = sum(check_scores(fn(row_prompts, texts, answer=[train_answers[i] for i in rows]), len(rows),
-                                  fn.__name__) for fn in reward_fns)
-        # every process needs every row's score (per-prompt means, global std): gather them, then shape identically
-        scores, new_tokens = processes.gather_rows(scores, sum(c.num_tokens for c in completions), row_shards)
-        # scores: [N * J] member-major -> [N, J]; slots name the prompt each score belongs to
-        fitness = shape_fitness(scores.view(es.population_size, -1), slots.view(es.population_size, -1), es.fitness)
-        update = updater.step(fitness)
-        step_s = processes.main_value(time.perf_counter() - start, "the step time")  # one clock decides stops
-        state = state.advance(step_s, len(members), new_tokens)
-        record = {**state.record(), "reward_mean": float(scores.mean()), "reward_std": float(scores.std()),
-                  "update_norm": update["update_norm"], "step_s": round(step_s, 3),
-                  "tokens_per_s": round(new_tokens / step_s, 1), "peak_mem_mb": round(peak_memory_mb(device), 1)}
-        out_of_time = config.max_wall_s is not None and state.wall_s >= config.max_wall_s
-        finished = state.step >= config.max_steps or out_of_time
-        if state.step % config.eval_every == 0 or finished:
-            last_eval = held_out()
-            record.update(last_eval)
-        saving = state.step % config.save_every == 0 or finished
-        if saving:
-            processes.check_in_sync(layers, state.step)
-        record.update(processes.traffic(allreduce_bytes))
-        if processes.is_main:
-            log.log(record)
+        # what one data-parallel step would all-reduce instead: an fp32 gradient of every target matrix
+        allreduce_bytes = 4 * sum(layer.base.weight.numel() for layer in self.es.layers.values())
+        last_eval = {}  # the latest held-out metrics, shown on the progress bar
+        if state.step == 0:
+            last_eval = self.evaluate(0)
+            record = {**state.record(), **self._sizes(), **last_eval, **processes.traffic(allreduce_bytes)}
+            if processes.is_main:
+                log.log(record)
+        members, slots = population_layout(es.population_size, es.members_per_prompt, es.prompts_per_member)
+        prompts_per_step = int(slots.max()) + 1
+        mine = self.row_shards[processes.rank]                          # this process's rows of the layout
+        gen = args.generation
+        bar = tqdm(total=args.max_steps, initial=state.step, desc="eggroll", unit="step",
+                   disable=args.disable_tqdm or not processes.is_main)
+        while state.step < args.max_steps and (args.max_wall_s is None or state.wall_s < args.max_wall_s):
+            start = time.perf_counter()
+            population = self.es.ask()
+            chosen = prompt_indices(len(self.train_set), state.step, prompts_per_step, args.seed)
+            prompts, texts, columns = self.train_set.select([chosen[s] for s in slots[mine].tolist()])
+            sampling = SamplingParams(max_new_tokens=gen.max_new_tokens, temperature=gen.temperature, top_p=gen.top_p,
+                                      seed=shard_seed(args.seed * 1_000_003 + state.step, mine.start))
+            completions = self.engine.generate(texts, sampling, member_ids=members[mine].tolist())
+            scores, _ = self.rewards(prompts, self.train_set.completions([c.text for c in completions]),
+                                     [c.token_ids for c in completions], columns)
+            # every process needs every row's score (per-prompt means, global std): gather them, then shape alike
+            counts = [sum(c.num_tokens for c in completions), self.engine.last_stats.prompt_tokens]
+            scores, (new_tokens, prompt_tokens) = processes.gather_rows(scores, counts, self.row_shards)
+            # scores: [N * J] member-major -> [N, J]; slots name the prompt each score belongs to
+            N = population.population_size
+            update = self.es.tell(scores.view(N, -1), slots.view(N, -1))
+            step_s = processes.main_value(time.perf_counter() - start, "the step time")  # one clock decides stops
+            state = state.advance(step_s, len(members), new_tokens, prompt_tokens)
+            record = {**state.record(), "reward_mean": float(scores.mean()), "reward_std": float(scores.std()),
+                      "update_norm": update["update_norm"], "step_s": round(step_s, 3),
+                      "tokens_per_s": round(new_tokens / step_s, 1),
+                      "peak_mem_mb": round(peak_memory_mb(self.device), 1)}
+            out_of_time = args.max_wall_s is not None and state.wall_s >= args.max_wall_s
+            finished = state.step >= args.max_steps or out_of_time
+            if state.step % args.eval_every == 0 or finished:
+                last_eval = self.evaluate(state.step)
+                record.update(last_eval)
+            saving = state.step % args.save_every == 0 or finished
             if saving:
-                save_checkpoint(run_dir, state.step, layers, updater.state_dict(), asdict(state))
-                export_peft_adapter(layers, run_dir / "adapter", base_model_id(config.model.name), overwrite=True)
-        bar.update(1)
-        accuracy = last_eval.get("eval_accuracy", float("nan"))
-        bar.set_postfix(reward=f"{record['reward_mean']:.3f}", acc=f"{accuracy:.3f}",
-                        tok_s=f"{record['tokens_per_s']:.0f}")
-    bar.close()
-    return run_dir
+                processes.check_in_sync(self.es.layers, state.step)
+            record.update(processes.traffic(allreduce_bytes))
+            if processes.is_main:
+                log.log(record)
+                if saving:
+                    self.save(run_dir, state)
+            bar.update(1)
+            shown = last_eval.get("eval_accuracy", last_eval.get("eval_reward", float("nan")))
+            bar.set_postfix(reward=f"{record['reward_mean']:.3f}", eval=f"{shown:.3f}",
+                            tok_s=f"{record['tokens_per_s']:.0f}")
+        bar.close()
+        log.close()
+        return run_dir
+
+    def save(self, run_dir: Path, state: RunTotals) -> None:
+        """A resumable checkpoint of `state`, and the adapter as a PEFT folder in adapter/ (main process)."""
+        save_checkpoint(run_dir, state.step, self.es.state_dict(), asdict(state))
+        export_peft_adapter(self.es.layers, run_dir / "adapter", base_model_id(self.args.model.name), overwrite=True)
+
+    def _sizes(self) -> dict:
+        """Parameter counts for budget estimates (compare's FLOPs axis): the base model, and what ES trains."""
+        trained = sum(b.numel() for layer in self.es.layers.values() for b in layer.buffers(recurse=False))
+        return {"model_params": sum(p.numel() for p in self.model.parameters()), "trainable_params": trained}

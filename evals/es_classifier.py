@@ -30,7 +30,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from eggroll_llm.es import EggrollES, population_rows
-from eggroll_llm.fitness import centered_rank_fitness
 from eggroll_llm.openai_es import DenseNoiseLinear, OpenAIES
 
 
@@ -70,13 +69,13 @@ def classifier(hidden: int, seed: int) -> nn.Sequential:
 
 
 def scorer(X: torch.Tensor, y: torch.Tensor):
-    """score_population: one forward with x [N, B, 2] (row i = member i), centred ranks of −cross-entropy → [N]."""
+    """score_population: one forward with x [N, B, 2] (row i = member i), −cross-entropy of each member → [N]."""
     def score_population(model: nn.Module, population) -> torch.Tensor:
         N = population.population_size
         population.set_rows(population_rows(population, 1))
         logits = model(X.expand(N, -1, -1))                                          # [N, B, 2]
         loss = F.cross_entropy(logits.transpose(1, 2), y.expand(N, -1), reduction="none").mean(dim=1)
-        return centered_rank_fitness(-loss[:, None])
+        return -loss
     return score_population
 
 
@@ -100,14 +99,15 @@ def noise_bytes(es: EggrollES | OpenAIES) -> tuple[int, int]:
 def train(method: str, es_factory, args: argparse.Namespace, train_set, test_set) -> dict:
     model = classifier(args.hidden, args.seed)
     start = accuracy(model, *test_set)
-    es = es_factory(model, population_size=args.population, sigma=args.sigma, lr=args.lr, seed=args.seed)
+    es = es_factory(model, population_size=args.population, sigma=args.sigma, lr=args.lr, seed=args.seed,
+                    fitness="centered_rank")
     score = scorer(*train_set)
     eval_s, update_s = [], []
-    for step in range(args.steps):
+    for _ in range(args.steps):
         t0 = time.perf_counter()
-        fitness = es.evaluate(step, score)
+        scores = es.evaluate(score)
         t1 = time.perf_counter()
-        es.tell(fitness)
+        es.tell(scores)  # centred ranks (OpenAI-ES shaping), then the fold
         eval_s.append(t1 - t0)
         update_s.append(time.perf_counter() - t1)
     timed = slice(1, None) if args.steps > 1 else slice(None)  # step 0 pays one-off allocations

@@ -1,37 +1,78 @@
 #!/usr/bin/env bash
-# Reproduces the README's tiny-arith comparison: EGGROLL vs GRPO on the embedded model at an equal 10-minute
-# training wall-clock each (max_wall_s: 600 in both recipes), then the comparison report. Both runs go at once,
-# one CPU thread each, so on a 2-core machine each method has one core to itself for the same 10 minutes.
-#   bash evals/tiny_arith_compare.sh [RUNS_DIR]      (about 12 minutes on a 2-core CPU)
-# Writes RUNS_DIR/{eggroll,grpo}, evals/results/tiny-arith-compare/ (report.md, PNGs, summary.json) and
-# evals/results/tiny-arith-compare.json (summary, answer styles before and after, machine).
+# Reproduces the README's tiny-arith comparison: EGGROLL vs GRPO on the embedded model, K seeds per method (default
+# 3), every run at an equal 10-minute training wall-clock (max_wall_s: 600 in both recipes) and evaluated on 500
+# held-out problems, then the comparison report (means with 95% intervals over seeds, docs/compare.md). The two
+# methods' runs of one seed go at once, one CPU thread each, so on a 2-core machine each run has one core to itself
+# for the same 10 minutes; the seeds run one after another.
+#   bash evals/tiny_arith_compare.sh [--seeds K] [--eval-limit N] [--results DIR] [RUNS_DIR] [-- OVERRIDE ...]
+#   (about 20 minutes a seed on a 2-core CPU, an hour for 3: evaluating 500 problems every 5 steps adds to the
+#   10 minutes of training each run is allowed)
+# OVERRIDEs go to every training run, as `eggroll-llm train` takes them; a quick check of the script itself:
+#   bash evals/tiny_arith_compare.sh --seeds 2 --eval-limit 20 --results /tmp/check /tmp/check-runs -- --max_wall_s 20
+# Paths are relative to the repository root. Writes RUNS_DIR/{eggroll,grpo}-seedS (default runs/compare-DATE),
+# RESULTS (default evals/results/tiny-arith-compare/: report.md, PNGs, summary.json; a previous report there is
+# replaced) and RESULTS.json (the summary, answer styles of the base model and of every run, the machine, the command).
 set -euo pipefail
-cd "$(dirname "$0")/.."
-runs=${1:-runs/compare-$(date +%Y%m%d-%H%M%S)}
-mkdir -p "$(dirname "$runs")"
-export OMP_NUM_THREADS=1
-eggroll-llm train recipes/tiny-arith-eggroll.yaml --output_dir "$runs/eggroll" --no-progress > "$runs.eggroll.log" 2>&1 &
-eggroll=$!
-eggroll-llm train recipes/tiny-arith-grpo.yaml --output_dir "$runs/grpo" --no-progress > "$runs.grpo.log" 2>&1 &
-grpo=$!
-wait $eggroll || { echo "EGGROLL run failed: see $runs.eggroll.log" >&2; exit 1; }
-wait $grpo || { echo "GRPO run failed: see $runs.grpo.log" >&2; exit 1; }
-eggroll-llm compare "$runs/eggroll" "$runs/grpo" --labels eggroll,grpo --out evals/results/tiny-arith-compare
-# what each run changed: the share of greedy held-out answers that show their work (evals/diagnostics/answer_modes.py)
-eggroll-llm eval --split validation --limit 200 --json --out "$runs/base.eval.jsonl" > /dev/null
-for m in eggroll grpo; do
-  eggroll-llm eval --adapter "$runs/$m/adapter" --split validation --limit 200 --json --out "$runs/$m.eval.jsonl" > /dev/null
+usage="usage: bash evals/tiny_arith_compare.sh [--seeds K] [--eval-limit N] [--results DIR] [RUNS_DIR] [-- OVERRIDE…]"
+command="bash evals/tiny_arith_compare.sh $*"
+seeds=3
+limit=500
+results=evals/results/tiny-arith-compare
+runs=""
+overrides=()
+while (($#)); do
+  case $1 in
+    --seeds | --eval-limit | --results)
+      (($# > 1)) || { echo "$1 needs a value; $usage" >&2; exit 2; }
+      case $1 in --seeds) seeds=$2 ;; --eval-limit) limit=$2 ;; --results) results=$2 ;; esac
+      shift 2 ;;
+    --) shift; overrides=("$@"); break ;;
+    -*) echo "$usage" >&2; exit 2 ;;
+    *) runs=$1; shift ;;
+  esac
 done
-python evals/diagnostics/answer_modes.py "$runs"/{base,eggroll,grpo}.eval.jsonl > "$runs/answer_modes.jsonl"
-python - "$runs" <<'PY'
+if ! [[ $seeds =~ ^[1-9][0-9]*$ && $limit =~ ^[1-9][0-9]*$ ]]; then
+  echo "--seeds and --eval-limit take a positive count; $usage" >&2
+  exit 2
+fi
+cd "$(dirname "$0")/.."
+runs=${runs:-runs/compare-$(date +%Y%m%d-%H%M%S)}
+mkdir -p "$runs"
+export OMP_NUM_THREADS=1
+train() {  # train METHOD SEED: one run, in the background
+  eggroll-llm train "recipes/tiny-arith-$1.yaml" --seed "$2" --output_dir "$runs/$1-seed$2" \
+    --data.eval_limit "$limit" --no-progress "${overrides[@]}" > "$runs/$1-seed$2.log" 2>&1 &
+}
+for ((seed = 0; seed < seeds; seed++)); do
+  train eggroll "$seed"; eggroll=$!
+  train grpo "$seed"; grpo=$!
+  wait $eggroll || { echo "EGGROLL seed $seed failed: see $runs/eggroll-seed$seed.log" >&2; exit 1; }
+  wait $grpo || { echo "GRPO seed $seed failed: see $runs/grpo-seed$seed.log" >&2; exit 1; }
+done
+dirs=()
+for m in eggroll grpo; do
+  for ((seed = 0; seed < seeds; seed++)); do dirs+=("$runs/$m-seed$seed"); done
+done
+eggroll-llm compare "${dirs[@]}" --out "$results" --force
+# what each run changed: the share of greedy held-out answers that show their work (evals/diagnostics/answer_modes.py)
+eggroll-llm eval --split validation --limit "$limit" --json --out "$runs/base.eval.jsonl" > /dev/null
+for dir in "${dirs[@]}"; do
+  eggroll-llm eval --adapter "$dir/adapter" --split validation --limit "$limit" --json --out "$dir.eval.jsonl" \
+    > /dev/null
+done
+python evals/diagnostics/answer_modes.py "$runs/base.eval.jsonl" "${dirs[@]/%/.eval.jsonl}" > "$runs/answer_modes.jsonl"
+python - "$runs" "$results" "$command" <<'PY'
 import json, os, platform, sys
 import torch
-summary = json.load(open("evals/results/tiny-arith-compare/summary.json"))
-modes = [json.loads(line) for line in open(os.path.join(sys.argv[1], "answer_modes.jsonl"))]
-summary["answer_modes"] = {name: {k: v for k, v in m.items() if k != "records"}
-                           for name, m in zip(["base", "eggroll", "grpo"], modes)}
+runs, results, command = sys.argv[1:]
+summary = json.load(open(os.path.join(results, "summary.json")))
+modes = [json.loads(line) for line in open(os.path.join(runs, "answer_modes.jsonl"))]
+names = ["base", *(os.path.basename(m["records"]).removesuffix(".eval.jsonl") for m in modes[1:])]
+summary["answer_modes"] = {name: {k: v for k, v in m.items() if k != "records"} for name, m in zip(names, modes)}
 summary["machine"] = {"platform": platform.platform(), "processor": platform.processor(), "cpus": os.cpu_count(),
                       "torch": torch.__version__, "threads_per_run": 1}
-summary["runs_dir"] = sys.argv[1]
-json.dump(summary, open("evals/results/tiny-arith-compare.json", "w"), indent=2)
+summary["runs_dir"] = runs
+summary["command"] = command
+json.dump(summary, open(results.rstrip("/") + ".json", "w"), indent=2)
 PY
+echo "report: $results/report.md; summary with answer styles and machine: ${results%/}.json"

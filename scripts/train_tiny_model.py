@@ -1,4 +1,4 @@
-"""Train the embedded tiny-arith base model shipped in eggroll_llm/assets/tiny-arith (DESIGN.md §5).
+"""Train the embedded tiny-arith base model shipped in eggroll_llm/assets/tiny-arith (docs/design.md §5).
 
 What: a byte-level BPE tokenizer (digits split one per token, so arithmetic is learnable) with a chat template, and a
 small Qwen2-architecture causal LM (head_dim 32, as vLLM's CPU attention needs ≥ 32) trained by supervised learning

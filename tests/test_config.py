@@ -5,7 +5,7 @@ The shipped recipes themselves are checked in test_recipes.py.
 
 import pytest
 
-from eggroll_llm.config import ConfigError, TrainConfig, describe, load_config, parse_overrides
+from eggroll_llm.config import ConfigError, EggrollConfig, describe, load_config, parse_overrides
 
 
 def test_overrides_nested_and_typed(tmp_path):
@@ -14,7 +14,7 @@ def test_overrides_nested_and_typed(tmp_path):
     assert config.es.sigma == 0.002 and config.output_dir == "runs/x"
     assert config.es.adapter_rank == "full" and config.es.target_modules == ["q_proj", "v_proj"]
     assert config.max_wall_s == 30.0 and isinstance(config.max_wall_s, float)
-    assert config.es.population_size == TrainConfig().es.population_size  # untouched keys keep their defaults
+    assert config.es.population_size == EggrollConfig().es.population_size  # untouched keys keep their defaults
 
 
 def test_exponent_floats_without_a_dot(tmp_path):
@@ -36,7 +36,22 @@ def test_override_beats_recipe(tmp_path):
 @pytest.mark.parametrize("args, needle", [
     (["--es.sigm", "1"], "did you mean es.sigma"),
     (["--max_stepz", "3"], "did you mean max_steps"),
-    (["--es.sigma", "-1"], "es.sigma must be > 0"),
+    (["--es.sigma", "-1"], r"es.sigma must be in \(0, 1\]"),
+    (["--es.sigma", "1e9"], r"es.sigma must be in \(0, 1\]"),
+    (["--es.sigma", ".inf"], "es.sigma must be a finite number"),
+    (["--es.lr", ".nan"], "es.lr must be a finite number"),
+    (["--es.weight_decay", "nan"], "es.weight_decay must be a finite number"),
+    (["--generation.temperature", ".nan"], "generation.temperature must be a finite number"),
+    (["--generation.temperature", "-0.5"], "temperature must be >= 0"),
+    (["--generation.top_p", "0"], r"top_p must be in \(0, 1\]"),
+    (["--es.fitness", "bogus"], "es.fitness must be one of group_centered, centered_rank, none"),
+    (["--es.lr", "0.5", "--es.weight_decay", "5"], "lr \\* es.weight_decay < 1"),
+    (["--es.momentum", "1.5"], r"es.momentum must be in \[0, 1\)"),
+    (["--data.task", "null"], "set data.data_path"),
+    (["--data.task", "mnist"], "data.task must be one of"),
+    (["--rewards", "[gsm8k, format]", "--reward_weights", "[1]"], "reward_weights has 1 entries for 2"),
+    (["--report_to", "comet"], "report_to must be one or more of"),
+    (["--model.dtype", "float64"], "model.dtype must be"),
     (["--es.rank", "0"], "es.rank must be >= 1"),
     (["--es.population_size", "31", "--es.members_per_prompt", "31"], "odd"),
     (["--es.members_per_prompt", "12"], "must divide"),

@@ -10,7 +10,16 @@ from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
 from eggroll_llm import data, tiny_arith
-from eggroll_llm.data import INSTRUCTION, DataError, build_prompts, few_shot_examples, format_prompt, load_task
+from eggroll_llm.data import (
+    INSTRUCTION,
+    DataError,
+    build_prompts,
+    few_shot_examples,
+    format_prompt,
+    load_task,
+    render_prompt,
+    task_dataset,
+)
 
 GSM8K_DIR = Path(os.environ.get("EGGROLL_GSM8K_DIR",
                                 Path(__file__).resolve().parents[2] / "shared" / "data" / "gsm8k"))
@@ -81,6 +90,7 @@ def test_hub_and_local_rows_pass_the_same_normalisation(tmp_path, monkeypatch):
         return real_normalise(dataset, source)
 
     real_load_dataset, real_normalise, hub_rows = datasets.load_dataset, data.normalise, rows[:1]
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # no connectivity check: load_dataset is faked
     monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
     monkeypatch.setattr(data, "normalise", spy)
 
@@ -103,6 +113,7 @@ def test_hub_failure_and_hub_settings_raise(monkeypatch):
     def offline(*args, **kwargs):
         raise ConnectionError("no route to host")
 
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # no connectivity check: load_dataset is faked
     monkeypatch.setattr(datasets, "load_dataset", offline)
     with pytest.raises(DataError, match="could not load openai/gsm8k.*no route to host.*local"):
         load_task("gsm8k", "train")
@@ -125,8 +136,8 @@ BAD_INPUTS = {
     "unknown task": (lambda p: dict(task="gsm8"), "unknown task 'gsm8' \\(did you mean 'gsm8k'\\?\\)"),
     "missing file": (lambda p: dict(data_path=p / "nope.jsonl"), "nope.jsonl does not exist"),
     "folder without split": (lambda p: dict(data_path=write_jsonl(p / "train.jsonl", [GOOD]).parent),
-                             "holds no test.jsonl or test.parquet \\(splits found: train\\)"),
-    "unsupported type": (lambda p: dict(data_path=text(p / "d.csv", "q,a\n")), "unsupported file type '.csv'"),
+                             "holds no test.jsonl/.json/.parquet/.csv \\(splits found: train\\)"),
+    "unsupported type": (lambda p: dict(data_path=text(p / "d.txt", "q,a\n")), "unsupported file type '.txt'"),
     "corrupt parquet": (lambda p: dict(data_path=text(p / "d.parquet", b"junk")),
                         "could not read .*d.parquet as parquet"),
     "malformed jsonl": (lambda p: dict(data_path=text(p / "m.jsonl", f'{LINE}\n{LINE}\n{{"answer": \n{LINE}\n')),
@@ -220,3 +231,43 @@ def test_build_prompts_one_per_row_with_shared_examples():
     assert all(q in p for q, p in zip(dataset["question"], prompts, strict=True))
     assert build_prompts(None, dataset, task="tiny-arith", instruction=False)[0] == \
         f"Question: {dataset['question'][0]}\nAnswer:"
+
+
+# --- trainer datasets (task_dataset) -------------------------------------------------------------------------------
+
+
+def test_task_datasets_have_a_prompt_column_beside_the_task_columns(tmp_path):
+    tok = tokenizer(CHAT_TEMPLATE)
+    arith = task_dataset("tiny-arith", "validation", tok, limit=3)
+    assert arith.column_names == ["question", "answer", "prompt"]
+    assert arith["prompt"] == build_prompts(tok, load_task("tiny-arith", "validation", limit=3), task="tiny-arith")
+    countdown = task_dataset("countdown", "validation", tok, limit=4)
+    assert {"nums", "target", "prompt"} <= set(countdown.column_names) and len(countdown) == 4
+    assert "<answer>" in countdown["prompt"][0] and countdown["prompt"][0].endswith("<|assistant|>\n")
+    assert task_dataset("countdown", "train", tok, limit=4, rows_seed=1)["nums"] != \
+        task_dataset("countdown", "train", tok, limit=4, rows_seed=2)["nums"]
+
+
+def test_your_own_dataset_from_files_with_a_renamed_prompt_column(tmp_path):
+    rows = [{"text": f"say {i}", "k": i} for i in range(5)]
+    folder = tmp_path / "own"
+    folder.mkdir()
+    write_jsonl(folder / "train.jsonl", rows)
+    (folder / "test.csv").write_text("text,k\nsay 7,7\n")
+    train = task_dataset(None, "train", None, data_path=folder, prompt_column="text", limit=3)
+    assert train.column_names == ["prompt", "k"] and train["prompt"] == ["say 0", "say 1", "say 2"]
+    assert task_dataset(None, "test", None, data_path=folder, prompt_column="text")["k"] == [7]
+    with pytest.raises(DataError, match="has no column 'question'.*set data.prompt_column"):
+        task_dataset(None, "train", None, data_path=folder, prompt_column="question")
+    with pytest.raises(DataError, match="has no prompt column"):
+        task_dataset(None, "train", None, data_path=folder)
+    with pytest.raises((DataError, OSError), match="no-such-org/no-such-set"):  # offline here: fails in seconds
+        task_dataset(None, "train", None, data_path="no-such-org/no-such-set")
+
+
+def test_chat_prompts_render_through_the_chat_template():
+    messages = [{"role": "user", "content": "hi"}]
+    assert render_prompt(tokenizer(CHAT_TEMPLATE), messages) == "<|user|>\nhi<|end|>\n<|assistant|>\n"
+    assert render_prompt(None, "plain text") == "plain text"
+    with pytest.raises(DataError, match="no chat template"):
+        render_prompt(tokenizer(None), messages)

@@ -1,7 +1,7 @@
-"""Distributed EGGROLL (DESIGN.md §8): 2 gloo processes on the CPU give the 1-process run, and fail loudly.
+"""Distributed EGGROLL (docs/design.md §8): 2 gloo processes on the CPU give the 1-process run, and fail loudly.
 
 The multi-process runs are real: torchrun (or the same environment variables set by hand) starts
-tests/distributed_worker.py, which is `eggroll-llm` with the test rewards registered.
+tests/distributed_worker.py, which is `eggroll-llm`; the recipes name the test rewards of tests/toy_rewards.py.
 """
 
 import json
@@ -16,12 +16,12 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from eggroll_llm import rewards
 from eggroll_llm.checkpoint import list_checkpoints
 from eggroll_llm.config import ConfigError, load_config
 from eggroll_llm.distributed import Processes, even_split, shard_members, shard_rows, shard_seed
+from eggroll_llm.es import population_layout
+from eggroll_llm.recipe import run_recipe
 from eggroll_llm.runlog import TIMING_KEYS
-from eggroll_llm.trainer import population_layout, train
 
 ROOT = Path(__file__).resolve().parents[1]
 WORKER = ROOT / "tests" / "distributed_worker.py"
@@ -31,7 +31,7 @@ COMM_KEYS = {"comm_bytes", "allreduce_bytes_equiv"}
 # prompts split 3 / 2, so the uneven paths (padded gather, uneven eval shares) run for real.
 RECIPE = {
     "seed": 1,
-    "rewards": ["gsm8k", "length"],
+    "rewards": ["gsm8k", "toy_rewards:length_reward"],
     "max_steps": 3,
     "eval_every": 2,
     "save_every": 2,
@@ -115,19 +115,16 @@ def test_even_split_and_shard_seed():
 def test_single_process_helpers_are_identities():
     processes = Processes()
     scores = torch.tensor([0.5, 1.0])
-    assert processes.gather_rows(scores, 7, [slice(0, 2)]) == (scores, 7)
+    assert processes.gather_rows(scores, [7, 3], [slice(0, 2)]) == (scores, [7, 3])
     assert processes.main_value(1.25, "x") == 1.25 and processes.traffic(10**6) == {}
 
 
-def test_two_processes_equal_one_process_and_resume(tmp_path, monkeypatch):
+def test_two_processes_equal_one_process_and_resume(tmp_path):
     """2 gloo processes (stopped after step 2, then resumed to step 3) end with the adapter and metrics of one
     uninterrupted process, while exchanging far fewer bytes than a weight all-reduce would."""
-    from distributed_worker import length_reward
-
-    monkeypatch.setitem(rewards.REWARD_FUNCTIONS, "length", length_reward)
     recipe = tmp_path / "recipe.yaml"
     recipe.write_text(yaml.safe_dump(RECIPE))
-    single = train(load_config(recipe, {"output_dir": str(tmp_path / "one")}), progress=False)
+    single = run_recipe(load_config(recipe, {"output_dir": str(tmp_path / "one"), "disable_tqdm": True}))
     two = tmp_path / "two"
     torchrun("train", recipe, "--output_dir", two, "--max_steps", 2, "--no-progress")
     assert [r["step"] for r in records(two)] == [0, 1, 2]
@@ -177,7 +174,7 @@ def launch_by_hand(tmp_path, reward: str, timeout_s: float):
 
 def test_a_process_that_dies_fails_the_job_at_once(tmp_path):
     """Rank 1 exits in step 2; rank 0 must stop with a clear error long before the (10 min) timeout."""
-    main, other = launch_by_hand(tmp_path, "die_in_step_2", timeout_s=600)
+    main, other = launch_by_hand(tmp_path, "toy_rewards:die_in_step_2", timeout_s=600)
     try:
         _, err = main.communicate(timeout=120)
         assert other.wait(timeout=30) == 3
@@ -191,7 +188,7 @@ def test_a_process_that_dies_fails_the_job_at_once(tmp_path):
 
 def test_a_process_that_hangs_fails_the_job_after_the_timeout(tmp_path):
     """Rank 1 stops answering in step 2; rank 0 must give up after distributed_timeout_s, not wait forever."""
-    main, other = launch_by_hand(tmp_path, "hang_in_step_2", timeout_s=10)
+    main, other = launch_by_hand(tmp_path, "toy_rewards:hang_in_step_2", timeout_s=10)
     try:
         _, err = main.communicate(timeout=120)
         assert other.poll() is None, "rank 1 is still hanging in its reward function"

@@ -17,10 +17,11 @@ from eggroll_llm.fitness import centered_rank_fitness
 from eggroll_llm.noise import layer_noise, member_pairs, noise_seed
 from eggroll_llm.openai_es import OpenAIES, dense_noise
 
+# fitness "none": the scorers below hand tell() fitness they shaped themselves (centred ranks, or fixed values)
 SETUPS = {
-    "eggroll-r8": lambda model, **kw: EggrollES(model, rank=1, adapter_rank=8, **kw),
-    "eggroll-full": lambda model, **kw: EggrollES(model, rank=1, adapter_rank="full", **kw),
-    "openai-es": lambda model, **kw: OpenAIES(model, **kw),
+    "eggroll-r8": lambda model, **kw: EggrollES(model, rank=1, adapter_rank=8, fitness="none", **kw),
+    "eggroll-full": lambda model, **kw: EggrollES(model, rank=1, adapter_rank="full", fitness="none", **kw),
+    "openai-es": lambda model, **kw: OpenAIES(model, fitness="none", **kw),
 }
 setups = pytest.mark.parametrize("setup", list(SETUPS))
 
@@ -95,7 +96,7 @@ def test_es_raises_classifier_accuracy(setup):
     start = accuracy(model, X, y)
     es = SETUPS[setup](model, population_size=32, sigma=0.1, lr=0.5, seed=0)
     for step in range(30):
-        stats = es.tell(es.evaluate(step, rank_scorer(X, y)))
+        stats = es.tell(es.evaluate(rank_scorer(X, y)))
         assert stats["update_norm"] > 0
     final = accuracy(model, X, y)
     assert start < 0.6 and final > 0.85, (start, final)
@@ -114,9 +115,10 @@ def test_batched_scoring_equals_each_member_with_materialised_weights(setup, ant
         es = SETUPS[setup](model, **kw)
     fill_adapters(es)
     step, N = 5, 6
-    whole = es.evaluate(step, lambda m, pop: member_losses(m, pop, X, y))
-    flat = es.evaluate(step, lambda m, pop: member_losses(m, pop, X, y, flat=True))
-    chunked = torch.cat([es.evaluate(step, lambda m, pop: member_losses(m, pop, X, y, members=ids))
+    es.step = step  # score the population of step 5 (noise_reuse 2: the noise of steps 4-5)
+    whole = es.evaluate(lambda m, pop: member_losses(m, pop, X, y))
+    flat = es.evaluate(lambda m, pop: member_losses(m, pop, X, y, flat=True))
+    chunked = torch.cat([es.evaluate(lambda m, pop: member_losses(m, pop, X, y, members=ids))
                          for ids in torch.arange(N).split(4)])
     assert es.population.rows is None  # evaluate resets the rows
 
@@ -150,7 +152,8 @@ def test_update_is_the_es_gradient_estimate(setup, antithetic):
     model = mlp(hidden=8)
     es = SETUPS[setup](model, population_size=N, sigma=0.05, lr=lr, antithetic=antithetic, seed=4)
     fitness = torch.linspace(-1.0, 2.0, N)
-    es.tell(es.evaluate(step, fixed(fitness)))
+    es.step = step
+    es.tell(es.evaluate(fixed(fitness)))
     pairs, signs = member_pairs(N, antithetic)
     for name, layer in es.layers.items():
         m, n = layer.out_features, layer.in_features
@@ -169,12 +172,12 @@ def test_update_is_the_es_gradient_estimate(setup, antithetic):
 def test_flat_fitness_leaves_adapters_unchanged(setup, fitness):
     X, y = circles(64)
     es = SETUPS[setup](mlp(), population_size=8, sigma=0.1, lr=0.5, seed=0)
-    es.tell(es.evaluate(0, rank_scorer(X, y)))
+    es.tell(es.evaluate(rank_scorer(X, y)))
     before = deltas(es)
     assert any(bool(d.any()) for d in before.values())
     # antithetic pairs cancel a constant fitness exactly: f·(+1) + f·(−1) = 0
     flat = torch.zeros(8) if fitness == "zeros" else torch.full((8,), 3.0)
-    stats = es.tell(es.evaluate(1, fixed(flat)))
+    stats = es.tell(es.evaluate(fixed(flat)))
     assert stats["update_norm"] < 1e-5
     for name, after in deltas(es).items():
         assert torch.isfinite(after).all()
@@ -188,7 +191,7 @@ def test_same_seed_same_adapters_other_seed_different(setup):
     def run(seed: int) -> dict[str, torch.Tensor]:
         es = SETUPS[setup](mlp(), population_size=8, sigma=0.1, lr=0.5, seed=seed)
         for step in range(3):
-            es.tell(es.evaluate(step, rank_scorer(X, y)))
+            es.tell(es.evaluate(rank_scorer(X, y)))
         return deltas(es)
 
     first, again, other = run(0), run(0), run(1)
@@ -203,9 +206,9 @@ def test_momentum_adds_the_previous_step(setup):
 
     def run(momentum: float) -> tuple[dict, dict]:
         es = SETUPS[setup](mlp(hidden=8), population_size=4, sigma=0.1, lr=0.2, seed=0, momentum=momentum)
-        es.tell(es.evaluate(0, fixed(f1)))
+        es.tell(es.evaluate(fixed(f1)))
         first = deltas(es)
-        es.tell(es.evaluate(1, fixed(f2)))
+        es.tell(es.evaluate(fixed(f2)))
         return first, deltas(es)
 
     (plain1, plain2), (heavy1, heavy2) = run(0.0), run(mu)
@@ -221,7 +224,7 @@ def test_weight_decay_shrinks_the_adapter(setup):
     es = SETUPS[setup](mlp(hidden=8), population_size=4, sigma=0.1, lr=lr, seed=0, weight_decay=wd)
     fill_adapters(es)
     before = deltas(es)
-    es.tell(es.evaluate(0, fixed(torch.zeros(4))))  # no signal: only the decay acts
+    es.tell(es.evaluate(fixed(torch.zeros(4))))  # no signal: only the decay acts
     for name, after in deltas(es).items():
         torch.testing.assert_close(after, (1 - lr * wd) * before[name], atol=1e-6, rtol=1e-5)
         assert after.norm() < before[name].norm()
@@ -234,23 +237,21 @@ def test_resume_from_state_dict_equals_uninterrupted_run(setup):
     score = rank_scorer(X, y)
 
     whole = SETUPS[setup](mlp(), **kw)
-    for step in range(4):
-        whole.tell(whole.evaluate(step, score))
+    for _ in range(4):
+        whole.tell(whole.evaluate(score))
 
     first = SETUPS[setup](mlp(), **kw)
-    for step in range(2):
-        first.tell(first.evaluate(step, score))
-    model_state = copy.deepcopy(first.model.state_dict())
-    updater_state = copy.deepcopy(first.updater.state_dict())
-    assert updater_state  # momentum buffers exist and are saved
+    for _ in range(2):
+        first.tell(first.evaluate(score))
+    state = copy.deepcopy(first.state_dict())
+    assert int(state["es.step"]) == 2 and any(k.startswith("optimizer.") for k in state)  # momentum is saved
 
     def resumed(restore_momentum: bool) -> dict[str, torch.Tensor]:
         es = SETUPS[setup](mlp(), **kw)
-        es.model.load_state_dict(model_state)
-        if restore_momentum:
-            es.updater.load_state_dict(updater_state)
-        for step in range(2, 4):
-            es.tell(es.evaluate(step, score))
+        es.load_state_dict({k: v for k, v in state.items() if restore_momentum or not k.startswith("optimizer.")})
+        assert es.step == 2
+        for _ in range(2):
+            es.tell(es.evaluate(score))
         return deltas(es)
 
     expected, restored, forgotten = deltas(whole), resumed(True), resumed(False)
@@ -260,12 +261,30 @@ def test_resume_from_state_dict_equals_uninterrupted_run(setup):
 
 
 @setups
-@pytest.mark.parametrize("shape", [(9,), (8, 1), ()])
-def test_bad_fitness_shape_raises(setup, shape):
+@pytest.mark.parametrize("shape", [(9,), (7, 2), (8, 2, 1), ()])
+def test_bad_score_shape_raises(setup, shape):
     es = SETUPS[setup](mlp(hidden=8), population_size=8, sigma=0.1, lr=0.1)
-    fitness = es.evaluate(0, fixed(torch.zeros(shape)))
-    with pytest.raises(ValueError, match="fitness has shape"):
-        es.tell(fitness)
+    scores = es.evaluate(fixed(torch.zeros(shape)))
+    with pytest.raises(ValueError, match="scores have shape"):
+        es.tell(scores)
+    assert es.step == 0  # a refused tell does not advance the step
+
+
+def test_tell_shapes_raw_scores_per_prompt():
+    """tell(scores [N, J], prompt_ids) = the step with group-centred fitness computed from those scores."""
+    scores = torch.tensor([[1.0, 0.0], [0.0, 0.0], [1.0, 1.0], [0.0, 1.0]])
+    prompt_ids = torch.tensor([[0, 1], [0, 1], [2, 3], [2, 3]])
+    shaped = EggrollES(mlp(hidden=8), population_size=4, sigma=0.1, lr=0.2, adapter_rank="full", seed=0)
+    given = EggrollES(mlp(hidden=8), population_size=4, sigma=0.1, lr=0.2, adapter_rank="full", seed=0,
+                      fitness="none")
+    shaped.tell(scores, prompt_ids)
+    # by hand: centre each prompt's scores over the members that answered it, divide by the std of all scores
+    mu = {0: 0.5, 1: 0.0, 2: 0.5, 3: 1.0}
+    centred = torch.tensor([[s - mu[int(q)] for s, q in zip(row, ids)] for row, ids in zip(scores, prompt_ids)])
+    given.tell(centred.mean(dim=1) / (scores.std(correction=0) + 1e-8))
+    for name in shaped.layers:
+        torch.testing.assert_close(shaped.layers[name].delta_weight(), given.layers[name].delta_weight())
+    assert shaped.step == given.step == 1
 
 
 def test_openai_es_perturbs_the_same_layers_as_eggroll():

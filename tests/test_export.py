@@ -11,11 +11,12 @@ from huggingface_hub import HfApi, ModelCard
 from safetensors.torch import load_file, save_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from eggroll_llm import cli, push, rewards
+from eggroll_llm import cli, push
 from eggroll_llm.checkpoint import list_checkpoints, load_checkpoint
 from eggroll_llm.config import load_config, to_dict
 from eggroll_llm.data import build_prompts, load_task
 from eggroll_llm.engine.hf import HFEngine
+from eggroll_llm.es import EggrollES
 from eggroll_llm.evaluate import DEFAULT_MAX_NEW_TOKENS, evaluate
 from eggroll_llm.export import (
     VLLM_LORA_RANKS,
@@ -29,28 +30,22 @@ from eggroll_llm.export import (
 from eggroll_llm.models import EMBEDDED_MODELS, load_model, load_tokenizer
 from eggroll_llm.perturbed import Population, attach_eggroll
 from eggroll_llm.push import PushError, add_push_parser
-from eggroll_llm.trainer import train
+from eggroll_llm.recipe import run_recipe
 
 INPUT_IDS = torch.randint(3, 384, (2, 16), generator=torch.Generator().manual_seed(0))
 
 
-def length_reward(prompts, completions, **kw):
-    """Longer is better: separates members even when none answers right, so 2 steps give a non-zero adapter."""
-    return [len(c) / 100 for c in completions]
-
-
 def run_config(out, **es):
+    # length: longer is better, so members differ even when none answers right and 2 steps give a non-zero adapter
     es = {"population_size": 4, "members_per_prompt": 2, "prompts_per_member": 4, "sigma": 0.1, "lr": 0.05,
           "adapter_rank": 2, **es}
-    return load_config(None, {"output_dir": str(out), "seed": 1, "rewards": ["gsm8k", "length"], "max_steps": 2,
-                              "eval_every": 2, "save_every": 2, "data": {"eval_limit": 6},
-                              "generation": {"max_new_tokens": 48}, "es": es})
+    return load_config(None, {"output_dir": str(out), "seed": 1, "rewards": ["gsm8k", "toy_rewards:length_reward"],
+                              "max_steps": 2, "eval_every": 2, "save_every": 2, "data": {"eval_limit": 6},
+                              "generation": {"max_new_tokens": 48}, "es": es, "disable_tqdm": True})
 
 
 def run_of(tmp_path_factory, name, **es):
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setitem(rewards.REWARD_FUNCTIONS, "length", length_reward)
-        return train(run_config(tmp_path_factory.mktemp(name) / "run", **es), progress=False)
+    return run_recipe(run_config(tmp_path_factory.mktemp(name) / "run", **es))
 
 
 @pytest.fixture(scope="module")
@@ -73,9 +68,11 @@ def fresh_layers(run, adapter_rank):
 
 def trained_model(run):
     """The trained model as the run holds it: EggrollLinear layers with the checkpoint's adapter, rows None."""
-    model, layers = fresh_layers(run, load_config(run / "config.yaml").es.adapter_rank)
-    load_checkpoint(list_checkpoints(run)[-1], layers)
-    return model, layers
+    config = load_config(run / "config.yaml")
+    model = load_model("tiny-arith")
+    es = EggrollES.from_config(model, config.es, config.seed)
+    es.load_state_dict(load_checkpoint(list_checkpoints(run)[-1])[0])
+    return model, es.layers
 
 
 def logits(model):
@@ -334,12 +331,10 @@ def test_push_refusals_name_the_fix_and_call_nothing(exported, hub_calls, monkey
     assert hub_calls == []
 
 
-def test_a_run_started_from_the_export_evaluates_as_the_exported_model(exported, lowrank_run, tmp_path,
-                                                                        monkeypatch):
-    monkeypatch.setitem(rewards.REWARD_FUNCTIONS, "length", length_reward)
+def test_a_run_started_from_the_export_evaluates_as_the_exported_model(exported, lowrank_run, tmp_path):
     config = to_dict(load_config(lowrank_run / "config.yaml"))
     config["output_dir"], config["model"]["adapter"] = str(tmp_path / "continued"), exported["out"]
-    run = train(load_config(None, config), progress=False)
+    run = run_recipe(load_config(None, config))
     first = json.loads((run / "metrics.jsonl").read_text().splitlines()[0])
     records = map(json.loads, (lowrank_run / "metrics.jsonl").read_text().splitlines())
     last = [r for r in records if "eval_accuracy" in r][-1]

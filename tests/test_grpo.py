@@ -7,6 +7,7 @@ tiny-arith problems so that no run pays for the 20,000-row generated train split
 
 import json
 
+import datasets
 import pytest
 import torch
 from PIL import Image
@@ -15,13 +16,14 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
 
 from eggroll_llm import grpo as grpo_module
-from eggroll_llm import rewards, tiny_arith
+from eggroll_llm import recipe as recipe_module
+from eggroll_llm import tiny_arith
 from eggroll_llm.compare import compare
-from eggroll_llm.config import ConfigError, load_config
-from eggroll_llm.grpo import GRPOSection, train_grpo
+from eggroll_llm.config import ConfigError, EggrollConfig, load_config
+from eggroll_llm.grpo import GRPOBaselineTrainer
 from eggroll_llm.models import EMBEDDED_MODELS, resolve_model
+from eggroll_llm.recipe import run_recipe
 from eggroll_llm.runlog import TIMING_KEYS, MetricsLog
-from eggroll_llm.trainer import train
 
 MAX_NEW_TOKENS = 8
 PROMPTS, GENERATIONS = 2, 4
@@ -29,16 +31,6 @@ CHAT_TEMPLATE = ("{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}
                  "{% if add_generation_prompt %}<|assistant|>\n{% endif %}")
 STEP0_KEYS = {"step", "wall_s", "completions", "tokens", "eval_accuracy", "eval_strict_accuracy", "eval_n"}
 STEP_KEYS = {"step", "wall_s", "completions", "tokens", "reward_mean", "peak_mem_mb", "updates"}
-
-
-def parity_reward(prompts, completions, completion_ids, **kwargs):
-    """Share of even token ids: differs between completions of any length, so even a random model gets gradients."""
-    return [sum(t % 2 == 0 for t in ids) / len(ids) for ids in completion_ids]
-
-
-@pytest.fixture(autouse=True)
-def parity_reward_registered(monkeypatch):
-    monkeypatch.setitem(rewards.REWARD_FUNCTIONS, "parity", parity_reward)
 
 
 @pytest.fixture(scope="module")
@@ -75,25 +67,21 @@ def data_dir(tmp_path_factory):
     return folder
 
 
-def make_config(model_name, data_dir, output_dir, **top):
+def make_config(model_name, data_dir, output_dir, grpo=None, **top):
+    # parity: the share of even token ids differs between completions of any length, so even a random model learns
     values = {"method": "grpo", "output_dir": str(output_dir), "seed": 0, "max_steps": 2, "eval_every": 1,
-              "save_every": 1, "rewards": ["parity"], "model": {"name": model_name},
+              "save_every": 1, "rewards": ["toy_rewards:parity_reward"], "model": {"name": model_name},
               "data": {"task": "gsm8k", "data_path": str(data_dir), "eval_split": "validation", "eval_limit": 4},
-              "generation": {"max_new_tokens": MAX_NEW_TOKENS}, **top}
+              "generation": {"max_new_tokens": MAX_NEW_TOKENS}, "disable_tqdm": True,
+              "grpo": {"prompts_per_step": PROMPTS, "num_generations": GENERATIONS, "learning_rate": 1e-2,
+                       **(grpo or {"lora_rank": 4})}, **top}
     return load_config(None, values)
-
-
-def section(**kw) -> GRPOSection:
-    return GRPOSection(**{"prompts_per_step": PROMPTS, "num_generations": GENERATIONS, "learning_rate": 1e-2, **kw})
 
 
 @pytest.fixture(scope="module")
 def lora_run(model_name, data_dir, tmp_path_factory):
     """A 2-step LoRA run, shared by the tests that read it (a run is the slow part)."""
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setitem(rewards.REWARD_FUNCTIONS, "parity", parity_reward)
-        config = make_config(model_name, data_dir, tmp_path_factory.mktemp("grpo") / "run")
-        return train_grpo(config, section(lora_rank=4), progress=False)
+    return run_recipe(make_config(model_name, data_dir, tmp_path_factory.mktemp("grpo") / "run"))
 
 
 def test_two_steps_log_eggroll_keys_and_count_what_was_generated(lora_run):
@@ -125,7 +113,7 @@ def test_lora_run_writes_config_checkpoints_and_a_trained_adapter(lora_run):
 
 def test_same_seed_gives_the_same_run(lora_run, model_name, data_dir, tmp_path):
     """TRL seeds sampling and LoRA init from the run's seed; on CPU two runs must agree but for timings."""
-    again = train_grpo(make_config(model_name, data_dir, tmp_path / "again"), section(lora_rank=4), progress=False)
+    again = run_recipe(make_config(model_name, data_dir, tmp_path / "again"))
 
     def strip(records):
         return [{k: v for k, v in r.items() if k not in TIMING_KEYS} for r in records if r["step"] <= 2]
@@ -136,8 +124,8 @@ def test_same_seed_gives_the_same_run(lora_run, model_name, data_dir, tmp_path):
 def test_resume_continues_the_log_and_the_counts(lora_run, model_name, data_dir):
     config = make_config(model_name, data_dir, lora_run, max_steps=3)
     with pytest.raises(FileExistsError):
-        train_grpo(config, section(lora_rank=4), progress=False)
-    train_grpo(config, section(lora_rank=4), resume=True, progress=False)
+        run_recipe(config)
+    run_recipe(config, resume=True)
     records = MetricsLog(lora_run / "metrics.jsonl").read()
     assert [r["step"] for r in records] == [0, 1, 2, 3]
     assert records[3]["completions"] == 3 * PROMPTS * GENERATIONS and records[3]["updates"] == 3
@@ -153,18 +141,19 @@ def test_bad_batch_is_refused_before_any_work(bad, message, model_name, data_dir
     def no_loading(*args, **kwargs):
         raise AssertionError("loaded a model or data before refusing the GRPO settings")
 
-    for name in ("load_base", "load_task", "prepare_run_dir"):
-        monkeypatch.setattr(grpo_module, name, no_loading)
-    config = make_config(model_name, data_dir, tmp_path / "run")
+    for module, name in ((grpo_module, "load_base"), (grpo_module, "prepare_run_dir"),
+                         (recipe_module, "task_dataset"), (recipe_module, "base_tokenizer")):
+        monkeypatch.setattr(module, name, no_loading)
+    config = make_config(model_name, data_dir, tmp_path / "run", grpo={"lora_rank": 4, **bad})
     with pytest.raises(ConfigError, match=message):
-        train_grpo(config, section(**bad), progress=False)
+        run_recipe(config)
     assert not (tmp_path / "run").exists()
 
 
 def test_max_wall_s_stops_full_finetuning_early_and_saves_the_model(model_name, data_dir, tmp_path):
-    config = make_config(model_name, data_dir, tmp_path / "run", max_steps=50, max_wall_s=1e-3, eval_every=10,
-                         save_every=10)
-    run = train_grpo(config, section(lora_rank=0), progress=False)
+    config = make_config(model_name, data_dir, tmp_path / "run", grpo={"lora_rank": 0}, max_steps=50, max_wall_s=1e-3,
+                         eval_every=10, save_every=10)
+    run = run_recipe(config)
     records = MetricsLog(run / "metrics.jsonl").read()
     assert [r["step"] for r in records] == [0, 1]  # the first step already passes 1 ms of training
     assert records[1]["wall_s"] >= 1e-3 and "eval_accuracy" in records[1]  # the last step is always evaluated
@@ -180,7 +169,7 @@ def test_compare_reports_a_real_grpo_run_beside_a_real_eggroll_run(lora_run, mod
     """The issue's CI check: two small real runs (EGGROLL and GRPO, same prompts) go through `compare`."""
     es = {"population_size": 4, "members_per_prompt": 2, "prompts_per_member": 2, "sigma": 0.05, "lr": 0.05}
     eggroll_config = make_config(model_name, data_dir, tmp_path / "eggroll", method="eggroll", rewards=["gsm8k"], es=es)
-    eggroll_run = train(eggroll_config, progress=False)
+    eggroll_run = run_recipe(eggroll_config)
     out = tmp_path / "report"
     compare([eggroll_run, lora_run], out)
     report = (out / "report.md").read_text()
@@ -192,3 +181,30 @@ def test_compare_reports_a_real_grpo_run_beside_a_real_eggroll_run(lora_run, mod
         with Image.open(png) as image:
             image.verify()  # a complete, valid PNG
             assert image.format == "PNG" and image.size[0] > 100
+
+
+def test_the_python_api_takes_a_conversational_dataset_and_callables(model_name, tmp_path):
+    """GRPOBaselineTrainer takes what EggrollTrainer takes: chat prompts and a reward callable get TRL's columns."""
+    from toy_rewards import parity_reward
+
+    rows = [{"prompt": [{"role": "user", "content": r["question"]}], "answer": r["answer"], "row": i}
+            for i, r in enumerate(tiny_arith.make_split("train", 8, seed=0))]
+    seen = []
+
+    def reward(prompts, completions, completion_ids, answer, row, **kwargs):
+        seen.append((prompts[0], completions[0], len(answer), len(row)))
+        return parity_reward(prompts, completions, completion_ids)
+
+    dataset = datasets.Dataset.from_list(rows)
+    args = EggrollConfig(method="grpo", output_dir=str(tmp_path / "py"), max_steps=1, eval_every=1, save_every=1,
+                         disable_tqdm=True, generation={"max_new_tokens": MAX_NEW_TOKENS},
+                         grpo={"prompts_per_step": PROMPTS, "num_generations": GENERATIONS, "lora_rank": 4})
+    run = GRPOBaselineTrainer(model=model_name, reward_funcs=[reward], train_dataset=dataset,
+                              eval_dataset=dataset.select(range(2)), args=args).train()
+    # held-out evaluation at step 0 (2 prompts), TRL's step 1 (PROMPTS x GENERATIONS), held-out evaluation again
+    assert [(answers, rows_seen) for _, _, answers, rows_seen in seen] == [(2, 2), (8, 8), (2, 2)]
+    for prompt, completion, _, _ in seen:
+        assert isinstance(prompt, list) and completion[0]["role"] == "assistant"
+    records = MetricsLog(run / "metrics.jsonl").read()
+    assert [r["step"] for r in records] == [0, 1] and records[1]["prompt_tokens"] > 0
+    assert (run / "eval" / "step-000001.jsonl").is_file()

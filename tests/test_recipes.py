@@ -17,7 +17,7 @@ import yaml
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
-from eggroll_llm import rewards, tiny_arith
+from eggroll_llm import tiny_arith
 from eggroll_llm.cli import build_parser, main
 from eggroll_llm.config import ConfigError, dry_run_overrides, load_config
 from eggroll_llm.grpo import check_grpo
@@ -27,6 +27,7 @@ from eggroll_llm.runlog import MetricsLog
 ROOT = Path(__file__).resolve().parents[1]
 RECIPES = sorted((ROOT / "recipes").rglob("*.yaml"))
 GSM8K_RECIPES = [r for r in RECIPES if r.name.startswith("gsm8k-")]
+GPU_RECIPES = GSM8K_RECIPES + [r for r in RECIPES if r.name.startswith("countdown-")]  # EGGROLL / GRPO pairs
 GSM8K_DIR = Path(os.environ.get("EGGROLL_GSM8K_DIR", ROOT.parent / "shared" / "data" / "gsm8k"))
 # Published parameter counts (the models' cards on the Hub): total and, for Qwen2.5, without the embedding.
 PUBLISHED = {"qwen2-0.5b": (0.49e9, 0.36e9), "qwen2-1.5b": (1.54e9, 1.31e9), "llama3-1b": (1.23e9, None)}
@@ -35,16 +36,6 @@ PUBLISHED = {"qwen2-0.5b": (0.49e9, 0.36e9), "qwen2-1.5b": (1.54e9, 1.31e9), "ll
 SHRINK = {"eggroll": ["--es.population_size", "4", "--es.members_per_prompt", "2", "--es.prompts_per_member", "2",
                       "--es.sigma", "0.5"],
           "grpo": ["--grpo.prompts_per_step", "2", "--grpo.num_generations", "2"]}
-
-
-def length_reward(prompts, completions, **kwargs):
-    """Separates members of a random model (gsm8k scores them all 0), so the step really updates the adapter."""
-    return [len(c) / 100 for c in completions]
-
-
-@pytest.fixture(autouse=True)
-def length_reward_registered(monkeypatch):
-    monkeypatch.setitem(rewards.REWARD_FUNCTIONS, "length", length_reward)
 
 
 @pytest.fixture(scope="module")
@@ -61,15 +52,19 @@ def gsm8k_dir(tmp_path_factory) -> Path:
 
 
 def dry_run(capsys, recipe: Path, data: Path, *extra: str) -> tuple[int, str, str]:
-    method = yaml.safe_load(recipe.read_text())["method"]
-    code = main(["train", str(recipe), "--dry_run", "tiny", "--data.data_path", str(data), "--rewards",
-                 "[gsm8k, length]", "--generation.max_new_tokens", "8", "--no-progress", *SHRINK[method], *extra])
+    values = yaml.safe_load(recipe.read_text())
+    task = values["data"]["task"]
+    # length: separates members of a random model (the task's reward scores them all 0), so the step really updates
+    rewards = ["--rewards", f"[{task.split('-')[0]}, 'toy_rewards:length_reward']", "--reward_weights", "[1, 1]"]
+    local = ["--data.data_path", str(data)] if task == "gsm8k" else []  # countdown problems are generated
+    code = main(["train", str(recipe), "--dry_run", "tiny", *local, *rewards, "--generation.max_new_tokens", "8",
+                 "--no-progress", *SHRINK[values["method"]], *extra])
     out, err = capsys.readouterr()
     return code, out, err
 
 
 def test_recipes_found():
-    assert len(RECIPES) >= 8 and len(GSM8K_RECIPES) == 6
+    assert len(RECIPES) >= 10 and len(GSM8K_RECIPES) == 6 and len(GPU_RECIPES) == 8
 
 
 @pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: p.name)
@@ -77,18 +72,18 @@ def test_every_recipe_validates(recipe):
     config = load_config(recipe)
     assert config.method in ("eggroll", "grpo")
     if config.method == "grpo":
-        check_grpo(config, config.grpo)  # what train_grpo refuses before loading anything
+        check_grpo(config)  # what the GRPO baseline refuses before loading anything
 
 
-@pytest.mark.parametrize("recipe", [r for r in GSM8K_RECIPES if r.stem.endswith("-eggroll")], ids=lambda p: p.name)
-def test_gsm8k_pairs_share_model_data_and_budget(recipe):
+@pytest.mark.parametrize("recipe", [r for r in GPU_RECIPES if r.stem.endswith("-eggroll")], ids=lambda p: p.name)
+def test_gpu_pairs_share_model_data_and_budget(recipe):
     eggroll = load_config(recipe)
     grpo = load_config(recipe.with_name(recipe.name.replace("-eggroll", "-grpo")))
     assert (eggroll.method, grpo.method) == ("eggroll", "grpo")
-    for key in ("seed", "max_wall_s", "rewards", "model", "data"):
+    for key in ("seed", "max_wall_s", "rewards", "reward_weights", "model", "data"):
         assert getattr(eggroll, key) == getattr(grpo, key), key
     assert eggroll.generation.max_new_tokens == grpo.generation.max_new_tokens
-    assert eggroll.data.task == "gsm8k" and eggroll.data.data_path is None  # the Hub's openai/gsm8k by default
+    assert eggroll.data.task in ("gsm8k", "countdown") and eggroll.data.data_path is None  # Hub / generated
     assert eggroll.model.name in HUB_ARCHS  # so that --dry_run builds it offline
     assert eggroll.generation.temperature == 0.0 and grpo.grpo.temperature > 0  # greedy ES, sampled GRPO
 
@@ -119,14 +114,14 @@ def test_shrunk_model_keeps_the_architecture(name):
     assert model.config.num_attention_heads > model.config.num_key_value_heads  # grouped KV heads, as the real ones
 
 
-@pytest.mark.parametrize("recipe", GSM8K_RECIPES, ids=lambda p: p.name)
-def test_gsm8k_recipe_dry_run_one_step(recipe, gsm8k_dir, tmp_path, capsys):
+@pytest.mark.parametrize("recipe", GPU_RECIPES, ids=lambda p: p.name)
+def test_gpu_recipe_dry_run_one_step(recipe, gsm8k_dir, tmp_path, capsys):
     run = tmp_path / "run"
     code, out, err = dry_run(capsys, recipe, gsm8k_dir, "--output_dir", str(run))
     assert code == 0, err
     assert str(run) in out
     records = MetricsLog(run / "metrics.jsonl").read()
-    assert [r["step"] for r in records] == [0, 1] and all("eval_accuracy" in r for r in records)
+    assert [r["step"] for r in records] == [0, 1] and all("eval_reward" in r for r in records)
     assert records[1]["completions"] > 0 and records[1]["eval_n"] == 2
     saved = yaml.safe_load((run / "config.yaml").read_text())
     recipe_values = yaml.safe_load(recipe.read_text())

@@ -172,7 +172,7 @@ def test_unknown_mode_is_an_error_naming_the_valid_modes():
 
 
 def test_registry():
-    assert set(REWARD_FUNCTIONS) == {"gsm8k", "gsm8k_strict", "format"}
+    assert set(REWARD_FUNCTIONS) == {"gsm8k", "gsm8k_strict", "format", "countdown", "countdown_format"}
     for name, fn in REWARD_FUNCTIONS.items():
         assert get_reward_function(name) is fn
     # TRL logs rewards by __name__: distinct names keep the per-function curves apart

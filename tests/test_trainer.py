@@ -1,35 +1,30 @@
-"""The EGGROLL trainer end to end on the embedded tiny model: run layout, determinism, resume, bad input."""
+"""The EGGROLL trainer end to end on the embedded tiny model, through a recipe (`run_recipe`, what the CLI calls):
+run layout, determinism, resume, bad input. The Python API itself is tested in test_trainer_api.py."""
 
 import json
-import re
 
 import pytest
 import torch
 import yaml
 from safetensors.torch import load_file
 
-from eggroll_llm import rewards
 from eggroll_llm.checkpoint import list_checkpoints
 from eggroll_llm.config import load_config
+from eggroll_llm.es import population_layout
 from eggroll_llm.fitness import FitnessError
+from eggroll_llm.recipe import run_recipe
 from eggroll_llm.runlog import TIMING_KEYS
-from eggroll_llm.trainer import population_layout, prompt_indices, train
+from eggroll_llm.trainer import prompt_indices
 
 
-def length_reward(prompts, completions, **kw):
-    """A test reward that separates members even when none answers right: longer is better, so every short run
-    below really updates its adapter."""
-    return [len(c) / 100 for c in completions]
-
-
-@pytest.fixture(autouse=True)
-def register_length_reward(monkeypatch):
-    monkeypatch.setitem(rewards.REWARD_FUNCTIONS, "length", length_reward)
+def train(config, resume=False):
+    return run_recipe(config, resume=resume)
 
 
 def small_config(out, **overrides):
-    base = {"output_dir": str(out), "seed": 1, "rewards": ["gsm8k", "length"], "max_steps": 2, "eval_every": 2,
-            "save_every": 1,
+    # length: longer is better, so members differ even when none answers right and every short run updates
+    base = {"output_dir": str(out), "seed": 1, "rewards": ["gsm8k", "toy_rewards:length_reward"], "max_steps": 2,
+            "eval_every": 2, "save_every": 1, "disable_tqdm": True,
             "data": {"eval_limit": 6}, "generation": {"max_new_tokens": 48},
             "es": {"population_size": 4, "members_per_prompt": 2, "prompts_per_member": 4, "sigma": 0.1,
                    "lr": 0.05, "adapter_rank": 2}}
@@ -64,7 +59,7 @@ def test_population_layout_groups_antithetic_pairs():
 
 
 def test_run_directory_layout(tmp_path):
-    run = train(small_config(tmp_path / "run"), progress=False)
+    run = train(small_config(tmp_path / "run"))
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records] == [0, 1, 2]
     assert {"eval_accuracy", "eval_strict_accuracy", "eval_n"} <= set(records[0]) | set(records[2])
@@ -79,20 +74,20 @@ def test_run_directory_layout(tmp_path):
 
 
 def test_same_seed_same_metrics(tmp_path):
-    a = train(small_config(tmp_path / "a"), progress=False)
-    b = train(small_config(tmp_path / "b"), progress=False)
+    a = train(small_config(tmp_path / "a"))
+    b = train(small_config(tmp_path / "b"))
     assert untimed(a / "metrics.jsonl") == untimed(b / "metrics.jsonl")
-    c = train(small_config(tmp_path / "c", seed=2), progress=False)
+    c = train(small_config(tmp_path / "c", seed=2))
     assert untimed(a / "metrics.jsonl") != untimed(c / "metrics.jsonl")
 
 
 def test_resume_continues_exactly(tmp_path):
-    whole = train(small_config(tmp_path / "whole", max_steps=4, **{"es.momentum": 0.5}), progress=False)
+    whole = train(small_config(tmp_path / "whole", max_steps=4, **{"es.momentum": 0.5}))
     split = tmp_path / "split"
-    train(small_config(split, max_steps=2, **{"es.momentum": 0.5}), progress=False)
+    train(small_config(split, max_steps=2, **{"es.momentum": 0.5}))
     with pytest.raises(FileExistsError, match="--resume"):
-        train(small_config(split, max_steps=4, **{"es.momentum": 0.5}), progress=False)
-    train(small_config(split, max_steps=4, **{"es.momentum": 0.5}), resume=True, progress=False)
+        train(small_config(split, max_steps=4, **{"es.momentum": 0.5}))
+    train(small_config(split, max_steps=4, **{"es.momentum": 0.5}), resume=True)
     ends = [load_file(str(list_checkpoints(run)[-1] / "state.safetensors")) for run in (whole, split)]
     assert ends[0].keys() == ends[1].keys()
     assert any(v.abs().sum() > 0 for k, v in ends[0].items() if k.endswith("lora_U"))
@@ -102,51 +97,40 @@ def test_resume_continues_exactly(tmp_path):
 
 
 def test_resume_refuses_a_changed_recipe(tmp_path):
-    train(small_config(tmp_path / "r", max_steps=1), progress=False)
-    with pytest.raises(ValueError, match="changed: es"):
-        train(small_config(tmp_path / "r", max_steps=2, **{"es.sigma": 0.5}), resume=True, progress=False)
+    train(small_config(tmp_path / "r", max_steps=1))
+    with pytest.raises(ValueError, match="es.sigma: 0.1 → 0.5"):
+        train(small_config(tmp_path / "r", max_steps=2, **{"es.sigma": 0.5}), resume=True)
 
 
-def test_nan_reward_is_an_error_and_writes_no_checkpoint(tmp_path, monkeypatch):
-    def nan_reward(prompts, completions, **kw):
-        return [float("nan")] * len(completions)
-
-    monkeypatch.setitem(rewards.REWARD_FUNCTIONS, "nan", nan_reward)
+def test_nan_reward_is_an_error_and_writes_no_checkpoint(tmp_path):
     with pytest.raises(FitnessError, match="returned nan at index 0"):
-        train(small_config(tmp_path / "nan", rewards=["nan"]), progress=False)
+        train(small_config(tmp_path / "nan", rewards=["toy_rewards:nan_reward"]))
     assert not list_checkpoints(tmp_path / "nan")
 
 
-def test_wrong_length_reward_is_an_error(tmp_path, monkeypatch):
-    monkeypatch.setitem(rewards.REWARD_FUNCTIONS, "short", lambda prompts, completions, **kw: [1.0])
-    with pytest.raises(FitnessError, match="returned 1 scores for 16 completions"):
-        train(small_config(tmp_path / "short", rewards=["short"]), progress=False)
+def test_wrong_length_reward_is_an_error(tmp_path):
+    with pytest.raises(FitnessError, match="returned 1 scores for 6 completions"):  # the step-0 evaluation's 6
+        train(small_config(tmp_path / "short", rewards=["toy_rewards:one_score_reward"]))
 
 
 def test_target_pattern_matching_nothing(tmp_path):
     with pytest.raises(ValueError, match="matches no nn.Linear"):
-        train(small_config(tmp_path / "t", **{"es.target_modules": ["nonexistent_proj"]}), progress=False)
+        train(small_config(tmp_path / "t", **{"es.target_modules": ["nonexistent_proj"]}))
 
 
 def test_max_wall_s_stops_early(tmp_path):
-    run = train(small_config(tmp_path / "w", max_steps=50, max_wall_s=1e-6), progress=False)
+    run = train(small_config(tmp_path / "w", max_steps=50, max_wall_s=1e-6))
     records = untimed(run / "metrics.jsonl")
     assert records[-1]["step"] == 1 and "eval_accuracy" in records[-1]
 
 
-def bigger_answer_reward(prompts, completions, **kw):
-    """A toy reward ES can climb in a few steps: the completion's last number (capped at 500), / 100."""
-    numbers = [re.findall(r"\d+", c) for c in completions]
-    return [min(int(found[-1]), 500) / 100 if found else 0.0 for found in numbers]
-
-
-def test_es_raises_a_toy_reward(tmp_path, monkeypatch):
+def test_es_raises_a_toy_reward(tmp_path):
     """Learning sanity on a reward ES can climb in a few steps (bigger final numbers): the mean reward of the last
     steps beats the first ones. A sign error in the fold or a member/row mix-up makes this fail."""
-    monkeypatch.setitem(rewards.REWARD_FUNCTIONS, "bigger", bigger_answer_reward)
-    config = small_config(tmp_path / "toy", rewards=["bigger"], max_steps=16, eval_every=100, save_every=100,
+    config = small_config(tmp_path / "toy", rewards=["toy_rewards:bigger_answer_reward"], max_steps=16,
+                          eval_every=100, save_every=100,
                           **{"es.population_size": 16, "es.members_per_prompt": 16, "es.prompts_per_member": 4,
                              "es.sigma": 0.02, "es.lr": 0.3, "es.adapter_rank": 4})
-    run = train(config, progress=False)
+    run = train(config)
     reward = [r["reward_mean"] for r in untimed(run / "metrics.jsonl")[1:]]
     assert sum(reward[-4:]) / 4 > 2 * sum(reward[:4]) / 4 + 0.1

@@ -1,4 +1,4 @@
-"""Generation engines (DESIGN.md §2): `get_engine("hf", model, tokenizer, population=...)` picks a backend by name.
+"""Generation engines (docs/design.md §2): `get_engine("hf", model, tokenizer, population=...)` picks a backend by name.
 
 Backends implement `Engine.generate(prompts, sampling, member_ids)`: `hf` is the plain-PyTorch KV-cache engine,
 `vllm` runs population members as per-request LoRA adapters in vLLM (an optional install: the `vllm` extra).

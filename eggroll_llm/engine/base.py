@@ -1,6 +1,6 @@
 """The generation-engine interface: what every backend takes (prompts, member ids, sampling) and gives back.
 
-DESIGN.md §2: the trainer asks an engine for one completion per (member, prompt) row and never cares how it is
+docs/design.md §2: the trainer asks an engine for one completion per (member, prompt) row and never cares how it is
 produced. `HFEngine` (engine/hf.py) decodes with a KV cache in plain PyTorch; `VLLMEngine` (engine/vllm.py) runs
 members as per-request LoRA adapters in vLLM. Both share `check_request`, `encode_prompts`, `eos_token_ids` and
 `make_completion`, so they refuse the same bad input, feed the same prompt tokens, stop on the same tokens and cut
@@ -62,7 +62,7 @@ class Completion:
 
     text: str
     token_ids: list[int]  # every generated token, the eos token included when the row ended on it
-    num_tokens: int  # len(token_ids): the tokens this row cost, for equal-budget accounting (DESIGN.md §6)
+    num_tokens: int  # len(token_ids): the tokens this row cost, for equal-budget accounting (docs/design.md §6)
     finish_reason: str  # "eos" | "stop" | "length"
 
 

@@ -1,4 +1,4 @@
-"""The `vllm` generation engine: population members as per-request LoRA adapters (DESIGN.md §2, §3).
+"""The `vllm` generation engine: population members as per-request LoRA adapters (docs/design.md §2, §3).
 
 A member's perturbed layer computes y = x Wᵀ + x V Uᵀ + s_i (σ/√r) (x B_i) A_iᵀ (perturbed.py). Stacked in rank,
 the adapter and the member's noise are one LoRA:

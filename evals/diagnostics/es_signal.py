@@ -17,12 +17,9 @@ import torch
 from eggroll_llm.data import build_prompts, load_task
 from eggroll_llm.engine import SamplingParams
 from eggroll_llm.engine.hf import HFEngine
-from eggroll_llm.es import ESUpdater
-from eggroll_llm.fitness import shape_fitness
+from eggroll_llm.es import EggrollES, population_layout
 from eggroll_llm.models import load_model, load_tokenizer
-from eggroll_llm.perturbed import Population, attach_eggroll
 from eggroll_llm.rewards import gsm8k_reward
-from eggroll_llm.trainer import population_layout
 
 
 def supervised_direction(model, tokenizer, prompts, answers) -> dict[str, torch.Tensor]:
@@ -58,20 +55,20 @@ def base_estimates(model, tokenizer, prompts, answers, *, target, members: int, 
 
     Yields (completion texts, scores [members, per_member], estimate: the delta of every layer, flattened in name
     order)."""
-    population = Population(population_size=members, sigma=sigma, rank=1, antithetic=True, seed=1)
-    layers = attach_eggroll(model, population, target, "full")
-    updater = ESUpdater(layers, population, lr=1.0)
-    engine = HFEngine(model, tokenizer, population=population)
+    es = EggrollES(model, population_size=members, sigma=sigma, lr=1.0, rank=1, adapter_rank="full", seed=1,
+                   target_modules=target)
+    layers = es.layers
+    engine = HFEngine(model, tokenizer, population=es.population)
     member_ids, slots = population_layout(members, members, per_member)
     for k in range(steps):
         rows = [first_row + k * per_member + s for s in slots.tolist()]
-        population.set_step(k)
+        es.ask()  # step k
         for layer in layers.values():
             layer.delta.zero_()  # every estimate is taken at the base model
         sampling = SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature, seed=seed_offset + k)
         texts = [c.text for c in engine.generate([prompts[i] for i in rows], sampling, member_ids=member_ids.tolist())]
         scores = torch.tensor(gsm8k_reward(None, texts, [answers[i] for i in rows])).view(members, -1)
-        updater.step(shape_fitness(scores, slots.view(members, -1), "group_centered"))
+        es.tell(scores, slots.view(members, -1))
         yield texts, scores, torch.cat([layers[n].delta.flatten() for n in sorted(layers)])
 
 

@@ -1,7 +1,7 @@
 """A minimal on-policy GRPO without TRL, to tell a TRL-integration bug from the task's own behaviour.
 
-DESIGN.md §6's reference point: 8 prompts × 8 sampled completions per update, group-normalised advantages, AdamW,
-full fine-tuning; held-out greedy accuracy on validation[:200] every 10 updates
+The usual minimal setting: 8 prompts × 8 sampled completions per update, group-normalised advantages, AdamW, full
+fine-tuning; held-out greedy accuracy on validation[:200] every 10 updates
 (evals/results/tiny-arith-probes-1to2-steps.json, "hand_written_grpo").
 
     python evals/diagnostics/minimal_grpo.py --model tiny-arith --lr 3e-4 --steps 40

@@ -13,7 +13,6 @@ pytest.importorskip("vllm")
 
 from transformers import BloomConfig, BloomForCausalLM  # noqa: E402
 
-from eggroll_llm import rewards  # noqa: E402
 from eggroll_llm.config import load_config  # noqa: E402
 from eggroll_llm.data import build_prompts, load_task  # noqa: E402
 from eggroll_llm.engine import EngineError, HFEngine, SamplingParams, VLLMEngine  # noqa: E402
@@ -21,7 +20,7 @@ from eggroll_llm.engine.vllm import TMPFS  # noqa: E402
 from eggroll_llm.export import export_run  # noqa: E402
 from eggroll_llm.models import load_model, load_tokenizer  # noqa: E402
 from eggroll_llm.perturbed import Population, attach_eggroll  # noqa: E402
-from eggroll_llm.trainer import train  # noqa: E402
+from eggroll_llm.recipe import run_recipe  # noqa: E402
 
 pytestmark = pytest.mark.vllm
 MEMBERS, PROMPTS, MAX_NEW = 8, 8, 64
@@ -116,23 +115,18 @@ def test_sampling_is_reproducible_from_its_seed(setup):
     assert sample(1) == first and sample(2) != first
 
 
-def length_reward(prompts, completions, **kw):
-    return [len(c) / 100 for c in completions]
-
-
 def test_an_export_loads_as_a_lora_request_and_matches_hf_with_the_adapter(setup, tmp_path):
     """Closes issue 5's open item: `eggroll-llm export` output served by vLLM as a LoRARequest."""
     from vllm import SamplingParams as VLLMSamplingParams
     from vllm.lora.request import LoRARequest
 
-    config = load_config(None, {"output_dir": str(tmp_path / "run"), "seed": 1, "rewards": ["gsm8k", "length"],
+    config = load_config(None, {"output_dir": str(tmp_path / "run"), "seed": 1, "disable_tqdm": True,
+                                "rewards": ["gsm8k", "toy_rewards:length_reward"],
                                 "max_steps": 2, "eval_every": 2, "save_every": 2, "data": {"eval_limit": 6},
                                 "generation": {"max_new_tokens": 48},
                                 "es": {"population_size": 4, "members_per_prompt": 2, "prompts_per_member": 4,
                                        "sigma": 0.1, "lr": 0.05, "adapter_rank": 2}})
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setitem(rewards.REWARD_FUNCTIONS, "length", length_reward)
-        run = train(config, progress=False)
+    run = run_recipe(config)
     out = export_run(run, tmp_path / "export")
     assert out["rank"] == 8  # padded to vLLM's next rank; the fixture's engine serves up to max_lora_rank 8
     tokenizer = setup["tokenizer"]

@@ -9,28 +9,21 @@ import pytest
 
 pytest.importorskip("vllm")
 
-from eggroll_llm import rewards  # noqa: E402
 from eggroll_llm.config import load_config  # noqa: E402
+from eggroll_llm.recipe import run_recipe  # noqa: E402
 from eggroll_llm.runlog import TIMING_KEYS  # noqa: E402
-from eggroll_llm.trainer import train  # noqa: E402
 
 pytestmark = pytest.mark.vllm
 
 
-def length_reward(prompts, completions, **kw):
-    """Longer is better: separates members even when none answers right, so every step really updates."""
-    return [len(c) / 100 for c in completions]
-
-
 def run(tmp_path, engine):
-    config = load_config(None, {"output_dir": str(tmp_path / engine), "seed": 2, "rewards": ["gsm8k", "length"],
+    config = load_config(None, {"output_dir": str(tmp_path / engine), "seed": 2, "disable_tqdm": True,
+                                "rewards": ["gsm8k", "toy_rewards:length_reward"],
                                 "max_steps": 3, "eval_every": 1, "save_every": 3, "data": {"eval_limit": 16},
                                 "generation": {"engine": engine, "max_new_tokens": 48},
                                 "es": {"population_size": 8, "members_per_prompt": 4, "prompts_per_member": 2,
                                        "sigma": 0.05, "lr": 0.05, "adapter_rank": 4}})
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setitem(rewards.REWARD_FUNCTIONS, "length", length_reward)
-        out = train(config, progress=False)
+    out = run_recipe(config)  # toy_rewards:length_reward separates members even when none answers right
     return [{k: v for k, v in json.loads(line).items() if k not in TIMING_KEYS}
             for line in (out / "metrics.jsonl").read_text().splitlines()]
 

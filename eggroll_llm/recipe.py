@@ -1,0 +1,51 @@
+"""A recipe (an EggrollConfig, from YAML and overrides) resolved into the objects the trainers take, then run.
+
+The CLI is a thin layer over the Python API: `eggroll-llm train RECIPE.yaml` does exactly what
+
+    trainer = EggrollTrainer(model=config.model.name, reward_funcs=config.rewards,
+                             train_dataset=..., eval_dataset=..., args=config, processing_class=tokenizer)
+    trainer.train(resume_from_checkpoint=resume)
+
+does, with the datasets built from `data:` (data.task_dataset) and `GRPOBaselineTrainer` for `method: grpo`. The
+reward functions are resolved first and the data is loaded next, so a bad import path, a missing prompt column or a
+bad file fails in seconds, before a model is loaded or anything is written.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .config import EggrollConfig
+from .data import task_dataset
+from .inputs import RewardSet
+from .models import base_tokenizer
+
+
+def recipe_datasets(config: EggrollConfig, tokenizer):
+    """(train_dataset, eval_dataset) of a recipe's `data:` section, with a `prompt` column each.
+
+    Generated tasks draw the training rows with the run's seed and the held-out rows with seed 0, so every seed of a
+    recipe is evaluated on the same problems.
+    """
+    data = config.data
+    shared = dict(data_path=data.data_path, prompt_column=data.prompt_column, few_shot=data.few_shot, seed=config.seed)
+    train = task_dataset(data.task, data.train_split, tokenizer, rows_seed=config.seed, **shared)
+    held_out = task_dataset(data.task, data.eval_split, tokenizer, limit=data.eval_limit, rows_seed=0, **shared)
+    return train, held_out
+
+
+def run_recipe(config: EggrollConfig, resume: bool = False) -> Path:
+    """Train `config` (method eggroll or grpo) with the trainers' Python API; returns the run directory."""
+    if config.method == "grpo":
+        from .grpo import GRPOBaselineTrainer as Trainer
+        from .grpo import check_grpo
+
+        check_grpo(config)
+    else:
+        from .trainer import EggrollTrainer as Trainer
+    RewardSet(config.rewards, config.reward_weights)  # fails fast on a bad name or import path
+    tokenizer = base_tokenizer(config.model)
+    train, held_out = recipe_datasets(config, tokenizer)
+    trainer = Trainer(model=config.model.name, reward_funcs=config.rewards, train_dataset=train,
+                      eval_dataset=held_out, args=config, processing_class=tokenizer)
+    return trainer.train(resume_from_checkpoint=resume)
