@@ -1,6 +1,6 @@
 """`eggroll-llm bench`: throughput and memory figures for the generation engine and the ES fold.
 
-DESIGN.md §2 targets: perturbed population generation ≥ 0.9× the tokens/s of plain batched generation of the same
+docs/design.md §2 targets: perturbed population generation ≥ 0.9× the tokens/s of plain batched generation of the same
 shape (the paper reports 91%), and far ahead of evaluating members one by one. `bench engine` measures
     (a) plain      — the unperturbed model generating all rows in one batched decode,
     (b) perturbed  — the same rows, each under its member's low-rank perturbation (plus a non-zero adapter),

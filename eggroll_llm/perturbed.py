@@ -1,6 +1,6 @@
 """The batched perturbed forward: every population member in one forward pass, no member's W ever built.
 
-DESIGN.md §1: a target layer computes, for a batch row that belongs to member i,
+docs/design.md §1: a target layer computes, for a batch row that belongs to member i,
 
     y = x Wᵀ + x V Uᵀ + s_i (σ/√r) (x B_i) A_iᵀ
 
@@ -9,11 +9,11 @@ rank-r noise is a thin batched matmul on top. `attach_eggroll` swaps a model's t
 for `EggrollLinear` wrappers that share one `Population`; the generation engine says which member each batch
 row belongs to with `population.set_rows(member_ids)` and the model is otherwise used as usual (KV cache and all).
 
-Cost model (DESIGN.md §2 asks for ≥ 0.9× the tokens/s of plain generation): the adapter is shared by every row, so
-in fp32 it is merged once into a cached W + ΔW (no cost per token; in bf16 / fp16 it stays one thin GEMM accumulated
-into y, because rounding W + ΔW to 16 bits would lose small updates). The member noise adds, per layer and token,
-one thin bmm (x B_i) and one broadcast multiply-add into y. The noise is drawn and cast to the compute dtype once
-per step, and each layer gathers its per-row factors once per `set_rows`, not once per decoded token.
+Cost model (docs/design.md §2 asks for ≥ 0.9× the tokens/s of plain generation): the adapter is shared by every row,
+so in fp32 it is merged once into a cached W + ΔW (no cost per token; in bf16 / fp16 it stays one thin GEMM
+accumulated into y, because rounding W + ΔW to 16 bits would lose small updates). The member noise adds, per layer
+and token, one thin bmm (x B_i) and one broadcast multiply-add into y. The noise is drawn and cast to the compute
+dtype once per step, and each layer gathers its per-row factors once per `set_rows`, not once per decoded token.
 
     population = Population(population_size=8, sigma=1e-3, rank=1)
     layers = attach_eggroll(model, population)           # q,k,v,o,gate,up,down of every block
@@ -148,7 +148,7 @@ class EggrollLinear(nn.Module):
         self.base, self.layer_index, self.population = base, layer_index, population
         self._full = adapter_rank == "full"
         m, n, device = base.out_features, base.in_features, base.weight.device
-        # fp32 master values whatever the model's dtype (DESIGN.md §3); buffers, so they land in state_dict.
+        # fp32 master values whatever the model's dtype (docs/design.md §3); buffers, so they land in state_dict.
         # Never inference tensors (even when attached under inference_mode): `_adapter` keys on their _version.
         with torch.inference_mode(False):
             if self._full:
@@ -182,7 +182,7 @@ class EggrollLinear(nn.Module):
         return self.base.out_features
 
     def _apply(self, fn, recurse: bool = True):
-        """`model.to(bfloat16)` / `.half()` cast the base weights but keep the adapter's fp32 masters (DESIGN.md §3)."""
+        """`model.to(bfloat16)` / `.half()` cast the base weights, not the fp32 adapter masters (docs/design.md §3)."""
         masters = dict(self._buffers)
         super()._apply(fn, recurse)
         for key, master in masters.items():
@@ -308,7 +308,7 @@ def attach_eggroll(model: nn.Module, population: Population, target_modules: lis
     """Wrap the target nn.Linear modules of `model` in place; returns them by name in named_modules order.
 
     That order is each layer's index in the noise key, so it must not depend on anything but the model.
-    Default targets (DESIGN.md §1): every nn.Linear inside the transformer blocks (modules under an indexed
+    Default targets (docs/design.md §1): every nn.Linear inside the transformer blocks (modules under an indexed
     container such as `model.layers.3`); the output head, embeddings and norms stay frozen. For a model without
     an output head (not a transformers model), every nn.Linear. "all-linear" means what it means in PEFT.
     All of the model's parameters are frozen: ES needs no gradients.

@@ -1,4 +1,4 @@
-"""Batched KV-cache generation in plain PyTorch over any transformers causal LM (DESIGN.md §2, the `hf` engine).
+"""Batched KV-cache generation in plain PyTorch over any transformers causal LM (docs/design.md §2, the `hf` engine).
 
 All (member, prompt) rows decode together: prompts are left-padded into micro-batches sized to a token budget,
 prefilled once, then fed one token per step through a `DynamicCache`. Rows that finished are dropped from the
