@@ -10,7 +10,7 @@ The dry runs' figures come from their metrics.jsonl: steps done, median step sec
 Nothing is downloaded: the architectures are recorded in eggroll_llm/models.py (ARCHS) and the GSM8K rows are read
 from local files (`--data DIR` holding train.jsonl and test.jsonl). Budgeted for ≤ 8 minutes on one H100/H200;
 `--cpu-smoke` runs the same steps at toy sizes (the embedded tiny-arith model, `--dry_run tiny`, 2 steps) on CPU in
-about a minute, to check the script itself.
+under a minute, to check the script itself.
 
     bash evals/gpu_check.sh --data /path/to/gsm8k                    # writes evals/results/bench-gpu.json
     bash evals/gpu_check.sh --data /path/to/gsm8k --out FILE
@@ -137,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, required=True, help="folder with GSM8K's train.jsonl and test.jsonl")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"JSON to write (default: {DEFAULT_OUT})")
-    parser.add_argument("--cpu-smoke", action="store_true", help="the same steps at toy sizes on CPU (~1 minute)")
+    parser.add_argument("--cpu-smoke", action="store_true", help="the same steps at toy sizes on CPU (under a minute)")
     args = parser.parse_args(argv)
     missing = [name for name in ("train.jsonl", "test.jsonl") if not (args.data / name).is_file()]
     if missing:
