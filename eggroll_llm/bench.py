@@ -5,14 +5,15 @@ shape (the paper reports 91%), and far ahead of evaluating members one by one. `
     (a) plain      — the unperturbed model generating all rows in one batched decode,
     (b) perturbed  — the same rows, each under its member's low-rank perturbation (plus a non-zero adapter),
     (c) naive      — each member's weights materialised into the model and its rows generated alone, in turn,
-with the ratios b/a and b/c. (a) and (b) run interleaved, a b a b …, after one warm-up each, so a busy machine
-slows both alike; b/a is the median of the per-round ratios. The default layout is the paper's: each member answers
-its own prompt(s), members grouped per prompt (antithetic partners share prompts); it is printed next to every
-figure. `bench fold` times one ES update (regenerate every layer's noise, fold it into every adapter) interleaved
-with the perturbed generation of the same layout, so the fold's share of a training step is read off one line.
-`--engine vllm` measures (a) and (b) on vLLM instead — (a) the plain model without LoRA, (b) every row under its
-member's LoRA adapter, with the seconds spent writing the adapters per call — each in its own vLLM instance, started
-and stopped in turn; the peak memory of vLLM's worker processes is not this process's and is not reported.
+with the ratios b/a and b/c. (a) and (b) run interleaved, a b a b …, after one warm-up each, so a busy machine slows
+both alike; b/a is the median of the per-round ratios (on CPU also from process time, `b_over_a_cpu`). The default
+layout is the paper's: each member answers its own prompt(s), members grouped per prompt (antithetic partners share
+prompts); it is printed next to every figure. `bench fold` times one ES update (regenerate every layer's noise, fold
+it into every adapter) interleaved with the perturbed generation of the same layout, so the fold's share of a
+training step is read off one line. `--engine vllm` measures (a) and (b) on vLLM instead — (a) the plain model
+without LoRA, (b) every row under its member's LoRA adapter, with the seconds spent writing the adapters per call —
+each in its own vLLM instance, started and stopped in turn; the peak memory of vLLM's worker processes is not this
+process's and is not reported.
 
     eggroll-llm bench engine --model tiny-arith
     eggroll-llm bench engine --model tiny-arith --engine vllm --skip-naive
@@ -90,8 +91,10 @@ def _peak_mb(device) -> float:
 def _timed(fns: dict[str, Callable[[], object]], repeats: int, device, warm_up: bool = True) -> dict[str, dict]:
     """Per function: median seconds over `repeats` rounds, every round's seconds, and peak memory (MB).
 
-    Rounds interleave the functions (a b a b …) so load from other processes lands on all of them alike. Peak
-    memory is each function's own, measured over its warm-up (over its first round without one).
+    Rounds interleave the functions (a b a b …) so load from other processes lands on all of them alike. On CPU
+    each round's process time (user + system, all threads) is kept too: other processes' load barely moves it,
+    where it can double wall-clock on a shared machine. Peak memory is each function's own, measured over its
+    warm-up (over its first round without one).
     """
     peaks: dict[str, float] = {}
     if warm_up:
@@ -101,22 +104,40 @@ def _timed(fns: dict[str, Callable[[], object]], repeats: int, device, warm_up: 
             _sync(device)
             peaks[name] = _peak_mb(device)
     times: dict[str, list[float]] = {name: [] for name in fns}
+    cpu_times: dict[str, list[float]] = {name: [] for name in fns}
     for _ in range(repeats):
         for name, fn in fns.items():
             if name not in peaks:
                 _reset_peak(device)
-            start = time.perf_counter()
+            start, cpu_start = time.perf_counter(), time.process_time()
             fn()
             _sync(device)
             times[name].append(time.perf_counter() - start)
+            cpu_times[name].append(time.process_time() - cpu_start)
             peaks.setdefault(name, _peak_mb(device))
-    return {name: {"seconds": statistics.median(times[name]), "seconds_all": times[name], "peak_mem_mb": peaks[name]}
-            for name in fns}
+    on_cpu = _is_cpu(device)
+    return {name: {"seconds": statistics.median(times[name]), "seconds_all": times[name],
+                   **({"cpu_seconds": statistics.median(cpu_times[name]), "cpu_seconds_all": cpu_times[name]}
+                      if on_cpu else {}),
+                   "peak_mem_mb": peaks[name]} for name in fns}
 
 
-def _ratio(numerator: dict, denominator: dict) -> float:
+def _is_cpu(device) -> bool:
+    import torch
+
+    return torch.device(device).type == "cpu"
+
+
+def _ratio(numerator: dict, denominator: dict, key: str = "seconds_all") -> float:
     """Median over rounds of numerator seconds / denominator seconds (round i of one against round i of the other)."""
-    return statistics.median(a / b for a, b in zip(numerator["seconds_all"], denominator["seconds_all"]))
+    return statistics.median(a / b for a, b in zip(numerator[key], denominator[key]))
+
+
+def _ratios(figures: dict, name: str, numerator: dict, denominator: dict) -> None:
+    """figures[name] from wall-clock rounds, and figures[name + "_cpu"] from process-time rounds on CPU."""
+    figures[name] = _ratio(numerator, denominator)
+    if "cpu_seconds_all" in numerator:
+        figures[name + "_cpu"] = _ratio(numerator, denominator, "cpu_seconds_all")
 
 
 def bench_layout(args, model) -> tuple[list[list[int]], list[int], dict]:
@@ -180,7 +201,7 @@ def bench_engine(args) -> dict:
                    args.repeats, device)
     for key, t in timed.items():
         figures[key] = {"tokens_per_s": tokens / t["seconds"], **t}
-    figures["b_over_a"] = _ratio(timed["plain"], timed["perturbed"])
+    _ratios(figures, "b_over_a", timed["plain"], timed["perturbed"])
     if not args.skip_naive:  # minutes at large N: one run, the engine already warm from (a)
         naive = _timed({"naive": lambda: _naive(plain_model, plain, layers, population, prompts, member_ids,
                                                 sampling)}, 1, device, warm_up=False)["naive"]
@@ -277,8 +298,8 @@ def bench_fold(args) -> dict:
     figures.update(fold_s_per_step=timed["fold"]["seconds"], fold=timed["fold"],
                    peak_mem_mb=timed["fold"]["peak_mem_mb"])
     if "generation" in timed:
-        figures.update(generation_s_per_step=timed["generation"]["seconds"], generation=timed["generation"],
-                       fold_over_generation=_ratio(timed["fold"], timed["generation"]))
+        figures.update(generation_s_per_step=timed["generation"]["seconds"], generation=timed["generation"])
+        _ratios(figures, "fold_over_generation", timed["fold"], timed["generation"])
     return figures
 
 
@@ -344,5 +365,6 @@ def run_bench(args) -> int:
             print(f"  ({'abc'[['plain', 'perturbed', 'naive'].index(key)]}) {key:9} {f['tokens_per_s']:10.1f} tok/s"
                   f"  {f['seconds']:.3f} s  peak {memory}{adapters}")
     ratio_c = f"   b/c = {figures['b_over_c']:.2f}" if "b_over_c" in figures else ""
-    print(f"  b/a = {figures['b_over_a']:.3f}{ratio_c}")
+    ratio_cpu = f"  (process time: {figures['b_over_a_cpu']:.3f})" if "b_over_a_cpu" in figures else ""
+    print(f"  b/a = {figures['b_over_a']:.3f}{ratio_cpu}{ratio_c}")
     return 0
