@@ -158,6 +158,8 @@ class EggrollLinear(nn.Module):
                 self.register_buffer("lora_V", torch.zeros(n, adapter_rank, device=device))      # [n, R]
         self._adapter_cache: tuple[tuple, tuple[torch.Tensor, ...] | None] = ((), None)
         self._merged_cache: tuple[tuple, torch.Tensor | None] = ((), None)
+        # W + ΔW may stand in for W only where forward is exactly F.linear(x, W, b), not in a subclass of nn.Linear
+        self._mergeable = type(base) is nn.Linear
         self._rows_cache: tuple[tuple, tuple[torch.Tensor, torch.Tensor] | None] = _NO_ROWS
 
     @property
@@ -201,7 +203,7 @@ class EggrollLinear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # The adapter is shared by every row and enters the same way with or without a population.
         # x: [batch, seq, n] or [batch, n] -> y: [.., m]
-        if torch.finfo(x.dtype).bits >= 32:
+        if self._mergeable and torch.finfo(x.dtype).bits >= 32:
             merged = self._merged(x.dtype, x.device)
             y = self.base(x) if merged is None else F.linear(x, merged, self.base.bias)
         else:

@@ -253,6 +253,29 @@ class TwoLayer(nn.Module):
         return self.fc2(torch.tanh(self.fc1(x)))
 
 
+class DoubledLinear(nn.Linear):
+    """A subclass of nn.Linear whose forward is not F.linear(x, W, b) (as in quantized or adapted linears)."""
+
+    def forward(self, x):
+        return 2 * super().forward(x)
+
+
+@pytest.mark.parametrize("adapter_rank", [2, "full"])
+def test_linear_subclass_keeps_its_own_forward_under_an_adapter(adapter_rank):
+    model = TwoLayer()
+    doubled = DoubledLinear(6, 8)
+    doubled.load_state_dict(model.fc1.state_dict())
+    model.fc1 = doubled
+    pop = Population(population_size=2, sigma=0.1)
+    layers = attach_eggroll(model, pop, adapter_rank=adapter_rank)
+    fill_adapters(layers)
+    x = torch.randn(3, 6)
+    with torch.no_grad():
+        got = layers["fc1"](x)
+        expected = doubled(x) + x @ layers["fc1"].delta_weight().T
+    torch.testing.assert_close(got, expected, atol=ATOL, rtol=1e-5)
+
+
 def test_plain_module_default_targets_every_linear_and_2d_inputs_work():
     torch.manual_seed(0)
     model = TwoLayer()
