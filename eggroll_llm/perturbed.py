@@ -222,12 +222,12 @@ class EggrollLinear(nn.Module):
         # x: [batch, seq, n] @ B_i [batch, n, r] -> [batch, seq, r], times s_i σ/√r A_iᵀ [batch, r, m], added to y.
         # In place: y is this forward's own fresh output, and neither op's backward needs it.
         xb = torch.bmm(x.reshape(batch, -1, n), left_t.transpose(1, 2))
-        y3 = y.view(batch, -1, m)
+        y3 = y.reshape(batch, -1, m)  # a view of y unless a subclassed base returned a non-contiguous y
         if right.shape[1] == 1:  # rank 1: a broadcast outer product, several times faster than a k=1 bmm on CPU
             y3.addcmul_(xb, right)
         else:
             y3.baddbmm_(xb, right)
-        return y
+        return y3.view(y.shape)
 
     def _adapter(self, dtype: torch.dtype, device: torch.device) -> tuple[torch.Tensor, ...] | None:
         """The adapter in the compute dtype: (delta [m, n],) or (Vᵀ [R, n], U [m, R]); None while it is zero.
@@ -286,7 +286,7 @@ class EggrollLinear(nn.Module):
 def _add_adapter(y: torch.Tensor, x: torch.Tensor, factors: tuple[torch.Tensor, ...]) -> torch.Tensor:
     """y + x ΔWᵀ, accumulated into y (this forward's fresh output) by one GEMM instead of a GEMM and an add."""
     m = y.shape[-1]
-    y2, x2 = y.view(-1, m), x.reshape(-1, x.shape[-1])                        # [rows, m], [rows, n]
+    y2, x2 = y.reshape(-1, m), x.reshape(-1, x.shape[-1])                     # [rows, m], [rows, n]
     if len(factors) == 1:
         return y2.addmm_(x2, factors[0].T).view(y.shape)                       # delta: [m, n]
     Vt, U = factors                                                            # [R, n], [m, R]
