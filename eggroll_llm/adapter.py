@@ -1,6 +1,6 @@
 """The fp32 adapter an ES step folds into: ΔW = U Vᵀ (U: [m, R], V: [n, R]), or a dense delta for `full` rank.
 
-DESIGN.md §1/§3. With the antithetic coefficients c_k = Σ_{i in pair k} f_i s_i (fitness.py) the ES gradient, 1/σ
+docs/design.md §1/§3. With the antithetic coefficients c_k = Σ_{i in pair k} f_i s_i (fitness.py) the ES gradient, 1/σ
 divided out, is
 
     g = 1/(N σ) Σ_i f_i s_i (σ/√r) A_i B_iᵀ = 1/(N √r) Σ_k c_k A_k B_kᵀ,
@@ -24,7 +24,7 @@ from .fitness import antithetic_coefficients
 OVERSAMPLING = 10      # extra sketch columns of the randomized SVD; Halko et al. §4.2 suggest 5–10
 POWER_ITERATIONS = 4   # subspace iterations; ES steps have a flat noise spectrum, so more than the usual 2
 # The sketch is drawn from a fixed-seed CPU generator, not the global RNG (torch.svd_lowrank has no generator
-# argument): every process of a distributed run must fold to the bit-identical adapter (DESIGN §8).
+# argument): every process of a distributed run must fold to the bit-identical adapter (docs/design.md §8).
 _SKETCH_SEED = 0
 
 
@@ -90,7 +90,7 @@ def fold_lowrank(U: Tensor, V: Tensor, A: Tensor, B: Tensor, coeffs: Tensor, ran
     noise_left, noise_right = _stacked_noise(A, B, coeffs, m, n)
     left = torch.cat([U.to(torch.float32), noise_left.to(U.device)], dim=1)         # [m, K], K = R + P r
     right = torch.cat([V.to(torch.float32), noise_right.to(V.device)], dim=1)       # [n, K]
-    if left.shape[1] > min(m, n) / 2:  # DESIGN §3: QR on a stack this wide costs more than the dense matrix
+    if left.shape[1] > min(m, n) / 2:  # docs/design.md §3: QR on a stack this wide costs more than the dense matrix
         Ud, S, Vd = _top_svd(left @ right.mT, rank)                                  # D: [m, n], one matmul
         return _balanced(Ud, S, Vd, rank)
     Q1, R1 = torch.linalg.qr(left)                                                   # Q1: [m, K]  R1: [K, K]

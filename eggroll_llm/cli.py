@@ -8,13 +8,16 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import sys
+import warnings
 from pathlib import Path
 
 from .bench import add_bench_parser
 from .compare import add_compare_parser
 from .config import DRY_RUN_MODES
 from .export import add_export_parser
+from .interrupt import Interrupted
 from .io import atomic_write_text
 from .push import add_push_parser
 
@@ -117,7 +120,9 @@ def _run_train(args) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="eggroll-llm", description="EGGROLL fine-tuning of causal LMs, and GRPO "
-                                     "baselines to compare against.")
+                                     "baselines to compare against. Errors print one line; --debug (anywhere on "
+                                     "the command line) shows the traceback instead.")
+    parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_eval(subparsers)
     _add_train(subparsers)
@@ -128,22 +133,42 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def resume_command(argv: list[str]) -> str:
+    """The command line that continues an interrupted `train` run: the same one, with --resume."""
+    return shlex.join(["eggroll-llm", *[a for a in argv if a != "--resume"], "--resume"])
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv or bool(os.environ.get("EGGROLL_DEBUG"))
+    argv = [a for a in argv if a != "--debug"]
     args, extra = build_parser().parse_known_args(argv)
     if extra and args.command != "train":
         build_parser().parse_args(argv)  # argparse's own error for unknown options
     args.overrides = extra
+    if not debug:  # a warning is one line, like an error
+        warnings.formatwarning = lambda message, category, *rest, **kw: f"eggroll-llm: warning: {message}\n"
     try:
         return args.func(args)
+    except Interrupted as stop:  # the run saved its last completed step
+        if int(os.environ.get("RANK", "0")) == 0:  # one line per job, not one per process
+            print(f"interrupted at step {stop.step}; continue with: {resume_command(argv)}", file=sys.stderr)
+        return 128 + stop.signum
+    except KeyboardInterrupt:  # a second Ctrl-C, or one before training started
+        if debug:
+            raise
+        hint = f"; continue from the last checkpoint with: {resume_command(argv)}" if args.command == "train" else ""
+        print(f"eggroll-llm {args.command}: interrupted{hint}", file=sys.stderr)
+        return 130
     except (ValueError, OSError) as err:  # our input errors are ValueError subclasses; OSError for files
-        if os.environ.get("EGGROLL_DEBUG"):
+        if debug:
             raise
         print(f"eggroll-llm {args.command}: error: {err}", file=sys.stderr)
         return 2
     except RuntimeError as err:  # a multi-process run that lost a process: one line here, the cause in its log
         from .distributed import DistributedError, exit_if_group_broken
 
-        if not isinstance(err, DistributedError) or os.environ.get("EGGROLL_DEBUG"):
+        if not isinstance(err, DistributedError) or debug:
             raise
         print(f"eggroll-llm {args.command}: error: {err}", file=sys.stderr)
         exit_if_group_broken(1)

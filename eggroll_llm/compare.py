@@ -22,7 +22,7 @@ import yaml
 
 from .budget import AXES, Axis, flops_curve
 from .compare_report import groups_table, render_report, winners_table, write_plots
-from .io import atomic_directory, atomic_write_text
+from .io import atomic_directory, atomic_write_text, check_output_folder
 from .runlog import MetricsLog
 from .stats import CONFIDENCE, Interval, bootstrap_interval, mcnemar_exact, mean_interval, normalised_area, pick_winner
 
@@ -84,8 +84,8 @@ def load_run(path: str | Path) -> Run:
         raise RunDirError(NOT_A_RUN.format(path, "config.yaml is not a mapping"))
     try:
         records = MetricsLog(metrics).read()
-    except json.JSONDecodeError as err:
-        raise RunDirError(f"{metrics} line {err.lineno}: not JSON ({err.msg}); the run's log is damaged") from err
+    except ValueError as err:  # a damaged line before the last: the message names file:line
+        raise RunDirError(str(err)) from None
     if not records:
         raise RunDirError(NOT_A_RUN.format(path, "metrics.jsonl is empty: the run stopped before its first "
                                                  "evaluation"))
@@ -159,26 +159,6 @@ def group_runs(runs: list[Run], labels: list[str] | None) -> dict[str, list[Run]
             run.group, run.label = name, f"{name} seed {seed}"
         groups[name] = members
     return groups
-
-
-def check_out(out: Path, runs: list[Path], force: bool) -> None:
-    """Refuse an output folder that replacing could lose data in; raised before any run is read."""
-    target, cwd = out.resolve(), Path.cwd().resolve()
-    if target == cwd or target in cwd.parents:
-        raise CompareError(f"--out {out} is the working directory or a folder above it; choose a new folder, "
-                           "e.g. --out compare")
-    for run in runs:
-        run = run.resolve()
-        if target == run or run in target.parents or target in run.parents:
-            raise CompareError(f"--out {out} would overwrite run directory {run} (it is the run, inside it or "
-                               "holds it); choose a folder outside the runs")
-    if not out.exists() or (out.is_dir() and not any(out.iterdir())):
-        return
-    if not out.is_dir() or not all((out / name).is_file() for name in REPORT_MARKERS):
-        raise CompareError(f"--out {out} exists and is not a compare report (no {' + '.join(REPORT_MARKERS)}); "
-                           "choose a new folder")
-    if not force:
-        raise CompareError(f"--out {out} holds a previous compare report; pass --force to replace it")
 
 
 def attach_budgets(runs: list[Run]) -> list[str]:
@@ -344,7 +324,8 @@ def compare(run_dirs: list[str | Path], out: str | Path = "compare", target: flo
             labels: list[str] | None = None, force: bool = False) -> dict:
     """Write report.md, the plots and summary.json into `out`; returns the summary (what summary.json holds)."""
     paths, out = [Path(p) for p in run_dirs], Path(out)
-    check_out(out, paths, force)
+    check_output_folder(out, kind="compare report", markers=REPORT_MARKERS, protected=paths, force=force,
+                        error=CompareError)
     runs = [load_run(p) for p in paths]                # every folder is checked before anything is written
     metric = choose_metric(runs)
     if target is not None and metric == "eval_accuracy" and not 0.0 <= target <= 1.0:

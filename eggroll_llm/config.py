@@ -61,6 +61,9 @@ class DataConfig:
     eval_split: str = _help("held-out split for periodic evaluation", "validation")
     eval_limit: int = _help("held-out examples per evaluation", 200)
     few_shot: int = _help("worked train examples shown before each question (tiny-arith, gsm8k)", 0)
+    long_prompts: str = _help("a prompt that does not fit beside generation.max_new_tokens in the model's context: "
+                              "error (refused before the run starts) or truncate (keep its last tokens; EGGROLL "
+                              "only)", "error")
 
 
 @dataclass
@@ -330,6 +333,11 @@ def validate(config: EggrollConfig) -> None:
          "folder or a Hub dataset id"),
         (data.eval_limit >= 1, f"data.eval_limit must be >= 1, got {data.eval_limit}"),
         (data.few_shot >= 0, f"data.few_shot must be >= 0, got {data.few_shot}"),
+        (data.long_prompts in ("error", "truncate"),
+         f"data.long_prompts must be error or truncate, got {data.long_prompts!r}"),
+        (config.method == "eggroll" or data.long_prompts == "error",
+         "data.long_prompts: truncate is for EGGROLL runs; TRL's GRPOTrainer does not truncate prompts, so GRPO runs "
+         "refuse prompts that do not fit: shorten them or lower generation.max_new_tokens"),
         (gen.engine in ("hf", "vllm"), f"generation.engine must be hf or vllm, got {gen.engine!r}"),
         (gen.max_new_tokens >= 1, "generation.max_new_tokens must be >= 1"),
         (gen.temperature >= 0, f"generation.temperature must be >= 0 (0 = greedy), got {gen.temperature}"),

@@ -15,6 +15,7 @@ import difflib
 import json
 import random
 from collections.abc import Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import datasets
@@ -117,11 +118,24 @@ def _read_local(path: Path, split: str) -> tuple[datasets.Dataset, str]:
     if path.suffix.lower() == ".jsonl":
         _check_jsonl(path)
     try:
-        dataset = datasets.load_dataset(builder, data_files=str(path), split="train")
+        with _quiet_progress():  # datasets shows a "Generating train split" bar for every new local file
+            dataset = datasets.load_dataset(builder, data_files=str(path), split="train")
     except Exception as err:  # pyarrow/json errors name neither the file nor the fix
         raise DataError(f"could not read {path} as {builder}: {type(err).__name__}: {err}; "
                         f"check that it is a valid {path.suffix} file") from err
     return dataset, str(path)
+
+
+@contextmanager
+def _quiet_progress():
+    """datasets' progress bars off for the enclosed calls, then as they were."""
+    was_off = datasets.are_progress_bars_disabled()
+    datasets.disable_progress_bars()
+    try:
+        yield
+    finally:
+        if not was_off:
+            datasets.enable_progress_bars()
 
 
 def _check_jsonl(path: Path) -> None:

@@ -169,6 +169,12 @@ class Processes:
         self.received_bytes += sum(len(pickle.dumps(part)) for rank, part in enumerate(out) if rank != self.rank)
         return [item for part in out for item in part]
 
+    def any(self, flag: bool, what: str) -> bool:
+        """True on every process when `flag` is True on any of them."""
+        if not self.distributed:
+            return flag
+        return bool(self.all_gather(torch.tensor([int(flag)], dtype=torch.int64), what).any())
+
     def agree(self, value: int, what: str, fix: str) -> None:
         """Raise unless every process holds the same integer `value`."""
         if not self.distributed:

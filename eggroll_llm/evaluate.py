@@ -34,7 +34,7 @@ class EvalResult:
         return {"accuracy": self.accuracy, "strict_accuracy": self.strict_accuracy, "n": self.n, "tokens": self.tokens}
 
 
-def greedy_completions(engine, prompts: list[str], *, max_new_tokens: int, batch_size: int = 64,
+def greedy_completions(engine, prompts: list[str] | list[list[int]], *, max_new_tokens: int, batch_size: int = 64,
                        progress: bool = False, description: str = "eval") -> list:
     """The engine's greedy completion (engine.base.Completion) of every prompt, `batch_size` prompts at a time."""
     sampling = SamplingParams(max_new_tokens=max_new_tokens)
@@ -85,8 +85,8 @@ def held_out_metrics(engine, eval_set, rewards, *, max_new_tokens: int, processe
     part = range(len(eval_set))[processes.share(len(eval_set))] if processes is not None else range(len(eval_set))
     records = []
     if len(part):
-        prompts, texts, columns = eval_set.select(part)
-        completions = greedy_completions(engine, texts, max_new_tokens=max_new_tokens)
+        prompts, prompt_ids, columns = eval_set.select(part)
+        completions = greedy_completions(engine, prompt_ids, max_new_tokens=max_new_tokens)
         text = [c.text for c in completions]
         total, parts = rewards(prompts, eval_set.completions(text), [c.token_ids for c in completions], columns)
         for k, index in enumerate(part):

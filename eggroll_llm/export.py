@@ -21,7 +21,7 @@ import re
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .io import atomic_directory
+from .io import atomic_directory, check_output_folder
 
 if TYPE_CHECKING:
     import torch
@@ -144,11 +144,22 @@ def export_peft_adapter(layers: dict[str, EggrollLinear], out_dir: str | Path, b
 
 
 def base_model_id(name: str) -> str:
-    """The base adapter_config.json names: the absolute folder of an embedded or local model, else the Hub id."""
-    from .models import resolve_model
+    """The base model an export names (adapter_config.json, model card): an embedded model's name (it loads by that
+    name wherever eggroll_llm is installed), a local model's absolute folder, else the Hub id."""
+    from .models import EMBEDDED_MODELS, resolve_model
 
+    if name in EMBEDDED_MODELS:
+        return name
     source = resolve_model(name)
     return str(Path(source).resolve()) if Path(source).exists() else source
+
+
+def require_run_dir(run_dir: str | Path) -> Path:
+    run_dir = Path(run_dir)
+    if not (run_dir / "config.yaml").is_file():
+        raise ExportError(f"{run_dir} is not a run directory (no config.yaml); pass the output_dir of an "
+                          "`eggroll-llm train` run")
+    return run_dir
 
 
 def load_run(run_dir: str | Path):
@@ -159,10 +170,7 @@ def load_run(run_dir: str | Path):
     from .es import EggrollES
     from .models import default_device, load_model
 
-    run_dir = Path(run_dir)
-    if not (run_dir / "config.yaml").is_file():
-        raise ExportError(f"{run_dir} is not a run directory (no config.yaml); pass the output_dir of an "
-                          "`eggroll-llm train` run")
+    run_dir = require_run_dir(run_dir)
     config = load_config(run_dir / "config.yaml")
     if config.method != "eggroll":
         raise ExportError(f"{run_dir} is a {config.method} run: its adapter/ or model/ folder is already in PEFT / "
@@ -203,30 +211,27 @@ def export_run(run_dir: str | Path, out: str | Path, *, rank: int | None = None,
                force: bool = False) -> dict:
     """Export a run's latest checkpoint to `out`: PEFT LoRA folder + model card, and with `merged` the full model
     under out/merged/. All of it is written in a temporary folder renamed into place: an error leaves no `out`."""
-    from transformers import AutoTokenizer
-
+    from .models import load_tokenizer
     from .push import model_card
     from .runlog import MetricsLog
 
-    out, run_dir = Path(out), Path(run_dir)
-    if out.resolve() == run_dir.resolve() or out.resolve() in run_dir.resolve().parents:
-        raise ExportError(f"--out {out} holds the run {run_dir} itself, which --force would delete; choose a folder "
-                          "outside the run")
-    if out.exists() and not force:  # before any loading: refuse at once
-        raise FileExistsError(f"{out} already exists; choose another --out or pass --force to replace it")
+    out, run_dir = Path(out), require_run_dir(run_dir)
+    # before any loading: only an earlier export may be replaced, and only with --force
+    check_output_folder(out, kind="PEFT export", markers=ADAPTER_FILES, protected=[run_dir], force=force,
+                        error=ExportError)
     config, model, layers, state = load_run(run_dir)
     rank = default_export_rank(layers) if rank is None else rank
     check_export_rank(layers, rank)
     base_model = base_model_id(config.model.name)
     metrics = [r for r in MetricsLog(run_dir / "metrics.jsonl").read() if r["step"] <= state["step"]]
-    with atomic_directory(out, overwrite=force) as tmp:
+    with atomic_directory(out, overwrite=True) as tmp:  # check_output_folder allowed replacing it
         summary = write_peft_adapter(layers, tmp, base_model, rank)
         model_card(config, metrics, summary, base_model).save(tmp / "README.md")
         if merged:
             merge_into_base(model, layers)
             model.save_pretrained(tmp / "merged")
-            AutoTokenizer.from_pretrained(base_model, trust_remote_code=config.model.trust_remote_code
-                                          ).save_pretrained(tmp / "merged")
+            load_tokenizer(config.model.name, trust_remote_code=config.model.trust_remote_code
+                           ).save_pretrained(tmp / "merged")
             model_card(config, metrics, summary, base_model, merged=True).save(tmp / "merged" / "README.md")
     return {**summary, "out": str(out), "merged": str(out / "merged") if merged else None, "step": state["step"]}
 

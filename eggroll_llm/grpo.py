@@ -26,21 +26,27 @@ import dataclasses
 import functools
 import json
 import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from transformers import TrainerCallback
+from transformers import TrainerCallback, TrainingArguments
 
 from .config import ConfigError, EggrollConfig, to_dict, validate
 from .engine.hf import HFEngine
 from .evaluate import held_out_metrics
 from .fitness import check_scores
-from .inputs import PromptSet, RewardSet
+from .inputs import PromptSet, RewardSet, prompt_budget
+from .interrupt import Interrupted, StopSignals
 from .io import atomic_directory
 from .models import default_device, load_base, load_tokenizer
 from .rundir import prepare_run_dir
 from .runlog import MetricsLog, RunTotals, open_trackers, peak_memory_mb
+
+# transformers renamed TrainingArguments.gradient_checkpointing (the old name warns); older releases know only it
+_CHECKPOINTING = ("activation_checkpointing" if "activation_checkpointing" in TrainingArguments.__dataclass_fields__
+                  else "gradient_checkpointing")
 
 
 def check_grpo(config: EggrollConfig) -> None:
@@ -117,9 +123,9 @@ class RunLogCallback(TrainerCallback):
     """
 
     def __init__(self, log: MetricsLog, tally: RolloutTally, held_out: Callable[[torch.nn.Module, int], dict],
-                 totals: RunTotals, eval_every: int, max_wall_s: float | None):
+                 totals: RunTotals, eval_every: int, max_wall_s: float | None, stop: StopSignals):
         self.log, self.tally, self.held_out, self.totals = log, tally, held_out, totals
-        self.eval_every, self.max_wall_s = eval_every, max_wall_s
+        self.eval_every, self.max_wall_s, self.stop = eval_every, max_wall_s, stop
         self._start = 0.0
 
     def on_train_begin(self, args, state, control, model=None, **kwargs):
@@ -137,7 +143,8 @@ class RunLogCallback(TrainerCallback):
                   "step_s": round(step_s, 3),
                   "tokens_per_s": round(tokens / step_s, 1), "peak_mem_mb": round(peak_memory_mb(args.device), 1)}
         out_of_time = self.max_wall_s is not None and self.totals.wall_s >= self.max_wall_s
-        if out_of_time:  # the equal-budget stop; save so the run ends on a resumable checkpoint, as at max_steps
+        # the equal-budget stop, or a signal (interrupt.py): save, so the run ends on a resumable checkpoint
+        if out_of_time or self.stop.requested is not None:
             control.should_training_stop = control.should_save = True
         if state.global_step % self.eval_every == 0 or state.global_step >= state.max_steps or out_of_time:
             record.update(self.held_out(model, state.global_step))
@@ -193,9 +200,11 @@ class GRPOBaselineTrainer:
         self.model = model
         self.tokenizer = processing_class or load_tokenizer(args.model.name,
                                                             trust_remote_code=args.model.trust_remote_code)
-        PromptSet(train_dataset, self.tokenizer, "train_dataset")  # checks the prompts (chats: that they render)
+        budget = prompt_budget(self.model, args.generation.max_new_tokens)
+        PromptSet(train_dataset, self.tokenizer, "train_dataset", budget)  # prompts render and fit the context
         self.train_dataset = train_dataset  # TRL reads it as it is
-        self.eval_set = PromptSet(eval_dataset, self.tokenizer, "eval_dataset") if eval_dataset is not None else None
+        self.eval_set = (PromptSet(eval_dataset, self.tokenizer, "eval_dataset", budget) if eval_dataset is not None
+                         else None)
 
     def held_out(self, policy: torch.nn.Module, step: int) -> dict:
         """held_out_metrics of the policy being trained; per-problem records in the run's eval/step-NNNNNN.jsonl."""
@@ -211,17 +220,39 @@ class GRPOBaselineTrainer:
                                 records_path=Path(self.args.output_dir) / "eval" / f"step-{step:06d}.jsonl")
 
     def train(self, resume_from_checkpoint: bool = False) -> Path:
-        """Run (or resume) the GRPO run; returns the run directory (layout as EGGROLL's)."""
+        """Run (or resume) the GRPO run; returns the run directory (layout as EGGROLL's).
+
+        A SIGINT or SIGTERM ends the current step, saves it and raises interrupt.Interrupted (see interrupt.py).
+        """
+        config, lora = self.args, self.args.grpo.lora_rank
+        run_dir, lock = prepare_run_dir(config, resume_from_checkpoint)
+        log = MetricsLog(run_dir / "metrics.jsonl", open_trackers(config.report_to, run_dir, to_dict(config)))
+        try:
+            with StopSignals() as stop:
+                trainer = self._trl_trainer(run_dir, log, resume_from_checkpoint, stop)
+                if stop.requested is not None:
+                    raise Interrupted(trainer.state.global_step, stop.requested)
+            # LoRA: the PEFT adapter folder, as EGGROLL's adapter/. Full fine-tuning has no adapter: the whole model
+            # (safetensors) and its tokenizer go to model/, loadable by `eggroll-llm eval --model RUN/model`.
+            with atomic_directory(run_dir / ("adapter" if lora else "model"), overwrite=True) as folder:
+                trainer.model.save_pretrained(folder)
+                if not lora:
+                    self.tokenizer.save_pretrained(folder)
+        finally:
+            log.close()
+            lock.release()
+        return run_dir
+
+    def _trl_trainer(self, run_dir: Path, log: MetricsLog, resume: bool, stop: StopSignals):
+        """Build TRL's GRPOTrainer with the run's callback and train it (until done, or a stop request)."""
         from peft import LoraConfig
         from transformers import PrinterCallback
         from trl import GRPOConfig, GRPOTrainer
 
         config, grpo, gen = self.args, self.args.grpo, self.args.generation
-        run_dir = prepare_run_dir(config, resume_from_checkpoint)
         model, tokenizer = self.model, self.tokenizer
         model.requires_grad_(grpo.lora_rank == 0)  # LoRA: PEFT unfreezes its own factors
-        log = MetricsLog(run_dir / "metrics.jsonl", open_trackers(config.report_to, run_dir, to_dict(config)))
-        checkpoint, totals = _restore(run_dir, log) if resume_from_checkpoint else (None, RunTotals())
+        checkpoint, totals = _restore(run_dir, log) if resume else (None, RunTotals())
         prompt_lengths: dict[str, int] = {}
 
         def prompt_tokens(prompt) -> int:  # TRL tokenizes the rendered prompt without special tokens
@@ -244,7 +275,7 @@ class GRPOBaselineTrainer:
             gradient_accumulation_steps=grpo.gradient_accumulation_steps, num_generations=grpo.num_generations,
             max_completion_length=gen.max_new_tokens, temperature=grpo.temperature, top_p=gen.top_p, beta=grpo.beta,
             learning_rate=grpo.learning_rate, lr_scheduler_type="constant",  # a wall-clock stop must not meet decay
-            gradient_checkpointing=grpo.gradient_checkpointing, reward_weights=self.rewards.weights,
+            **{_CHECKPOINTING: grpo.gradient_checkpointing}, reward_weights=self.rewards.weights,
             # TRL defaults bf16 to True; train in the model's own dtype instead (bf16 autocast only for bf16 on GPU).
             use_cpu=on_cpu, bf16=not on_cpu and config.model.dtype == "bfloat16", fp16=False,
             save_strategy="steps", save_steps=config.save_every, save_total_limit=2,
@@ -257,18 +288,15 @@ class GRPOBaselineTrainer:
             # choice); with Adam the scale trades against learning_rate, so it is not a separate knob.
             peft_config = LoraConfig(r=grpo.lora_rank, lora_alpha=2 * grpo.lora_rank, target_modules="all-linear",
                                      task_type="CAUSAL_LM")
-        callback = RunLogCallback(log, tally, self.held_out, totals, config.eval_every, config.max_wall_s)
-        trainer = GRPOTrainer(model=model, reward_funcs=tally.reward_fns, args=args, train_dataset=self.train_dataset,
-                              processing_class=tokenizer, callbacks=[callback], peft_config=peft_config)
-        if config.disable_tqdm:
-            trainer.remove_callback(PrinterCallback)  # it prints every log dict when the progress bar is off
-        trainer.train(resume_from_checkpoint=checkpoint)
-        log.close()
-
-        # LoRA: the PEFT adapter folder, as EGGROLL's adapter/. Full fine-tuning has no adapter: the whole model
-        # (safetensors) and its tokenizer go to model/, loadable by `eggroll-llm eval --model RUN/model`.
-        with atomic_directory(run_dir / ("adapter" if grpo.lora_rank else "model"), overwrite=True) as folder:
-            trainer.model.save_pretrained(folder)
-            if not grpo.lora_rank:
-                tokenizer.save_pretrained(folder)
-        return run_dir
+        callback = RunLogCallback(log, tally, self.held_out, totals, config.eval_every, config.max_wall_s, stop)
+        with warnings.catch_warnings():
+            # raised inside TRL's own calls into transformers (old keyword names); nothing a user can change
+            old_names = r"past_key_values|is_gradient_checkpointing|gradient_checkpointing_(en|dis)able"
+            warnings.filterwarnings("ignore", message=f"`({old_names})` is deprecated", category=FutureWarning)
+            trainer = GRPOTrainer(model=model, reward_funcs=tally.reward_fns, args=args,
+                                  train_dataset=self.train_dataset, processing_class=tokenizer, callbacks=[callback],
+                                  peft_config=peft_config)
+            if config.disable_tqdm:
+                trainer.remove_callback(PrinterCallback)  # it prints every log dict when the progress bar is off
+            trainer.train(resume_from_checkpoint=checkpoint)
+        return trainer

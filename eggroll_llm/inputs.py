@@ -5,17 +5,19 @@ EggrollTrainer and the GRPO baseline accept the objects TRL's GRPOTrainer does: 
 datasets with a `prompt` column, plain text or chat messages. `RewardSet` scores completions with every other
 dataset column as a keyword list (TRL's convention: `answer` is one column among others), weighted by
 `reward_weights`; `PromptSet` holds a dataset's prompts as the rewards see them (as given) and as the engine sees
-them (chat messages through the chat template).
+them (rendered through the chat template and tokenised, checked against the model's context).
 """
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Sequence
 
 import datasets
 import torch
 
-from .data import check_prompts, render_prompt
+from .config import ConfigError
+from .data import DataError, check_prompts, render_prompt
 from .fitness import check_scores
 from .rewards import RewardError, resolve_reward, reward_name
 
@@ -50,26 +52,74 @@ class RewardSet:
 
 
 class PromptSet:
-    """A dataset's prompts and columns: `prompts` as given (for the rewards), `texts` rendered (for the engine)."""
+    """A dataset's prompts and columns: `prompts` as given (for the rewards), `ids` tokenised (for the engine).
 
-    def __init__(self, dataset: datasets.Dataset, tokenizer, source: str):
+    Prompts are rendered (chat messages through the chat template) and tokenised once, the way the engines would
+    (no special tokens added: a chat template holds those it needs). With `max_prompt_tokens` (the model's context
+    minus the completion budget) a longer prompt is an error naming its row, or with `long_prompts="truncate"` keeps
+    its last `max_prompt_tokens` tokens, with a warning.
+    """
+
+    def __init__(self, dataset: datasets.Dataset, tokenizer, source: str, max_prompt_tokens: int | None = None,
+                 long_prompts: str = "error"):
         check_prompts(dataset, source)
         self.prompts = dataset["prompt"]
-        self.texts = [render_prompt(tokenizer, prompt) for prompt in self.prompts]
+        texts = [render_prompt(tokenizer, p) for p in self.prompts]
+        # verbose=False: the tokenizer's own over-length notice; fit_prompts below says what happens instead
+        self.ids = tokenizer(texts, add_special_tokens=False, verbose=False)["input_ids"]
+        if max_prompt_tokens is not None:
+            self.ids = fit_prompts(self.ids, max_prompt_tokens, long_prompts, source)
         self.conversational = not isinstance(self.prompts[0], str)
         self.columns = {name: dataset[name] for name in dataset.column_names if name != "prompt"}
 
     def __len__(self) -> int:
         return len(self.prompts)
 
-    def select(self, indices: Sequence[int]) -> tuple[list, list[str], dict[str, list]]:
-        """(prompts, texts, columns) of the rows at `indices`, in that order (repeats allowed)."""
-        return ([self.prompts[i] for i in indices], [self.texts[i] for i in indices],
+    def select(self, indices: Sequence[int]) -> tuple[list, list[list[int]], dict[str, list]]:
+        """(prompts, token ids, columns) of the rows at `indices`, in that order (repeats allowed)."""
+        return ([self.prompts[i] for i in indices], [self.ids[i] for i in indices],
                 {name: [values[i] for i in indices] for name, values in self.columns.items()})
 
     def completions(self, texts: list[str]) -> list:
         """Completions as TRL hands them to rewards: text, or [{"role": "assistant", "content": text}] for chats."""
         return [[{"role": "assistant", "content": t}] for t in texts] if self.conversational else list(texts)
+
+
+LONG_PROMPTS = ("error", "truncate")
+
+
+def context_limit(model) -> int | None:
+    """The positions the model can attend over (max_position_embeddings or n_positions), None where unknown."""
+    config = getattr(model, "config", None)
+    return getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
+
+
+def prompt_budget(model, max_new_tokens: int) -> int | None:
+    """Prompt tokens that fit beside a `max_new_tokens` completion in the model's context (None: no known limit)."""
+    limit = context_limit(model)
+    if limit is None:
+        return None
+    if limit <= max_new_tokens:
+        raise ConfigError(f"generation.max_new_tokens {max_new_tokens} leaves no room for a prompt in the model's "
+                          f"context of {limit} positions; lower max_new_tokens")
+    return limit - max_new_tokens
+
+
+def fit_prompts(ids: list[list[int]], budget: int, policy: str, source: str) -> list[list[int]]:
+    """`ids` checked against `budget` tokens: an error naming the first long row, or left-truncated with a warning."""
+    long = [row for row, prompt in enumerate(ids) if len(prompt) > budget]
+    if not long:
+        return ids
+    first = long[0]
+    if policy != "truncate":
+        raise DataError(f"{source}, row {first + 1}: the prompt has {len(ids[first]):,} tokens, over the {budget:,} "
+                        f"that fit beside the completion budget in the model's context ({len(long)} such rows); "
+                        "shorten the prompts, lower generation.max_new_tokens, or set data.long_prompts: truncate "
+                        "(keeps each prompt's last tokens)")
+    warnings.warn(f"{source}: {len(long)} prompts are longer than the {budget:,} tokens that fit beside the "
+                  f"completion budget (the first: row {first + 1}, {len(ids[first]):,} tokens); keeping their last "
+                  f"{budget:,} tokens (data.long_prompts: truncate)", stacklevel=2)
+    return [prompt[-budget:] if len(prompt) > budget else prompt for prompt in ids]
 
 
 def _unique(labels: list[str]) -> list[str]:

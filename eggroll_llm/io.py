@@ -1,4 +1,5 @@
-"""Atomic file and folder writes: a crash or a bad input never leaves a half-written output behind."""
+"""Atomic file and folder writes: a crash or a bad input never leaves a half-written output behind; and the one rule
+for replacing an output folder (`check_output_folder`), shared by `export` and `compare`."""
 
 from __future__ import annotations
 
@@ -54,7 +55,7 @@ def atomic_directory(path: str | Path, *, overwrite: bool = False):
         for item in tmp.rglob("*"):  # libraries (safetensors, mkstemp) create 0600 files; give them plain modes
             os.chmod(item, _default_mode() | (0o111 if item.is_dir() else 0))
         if path.exists():
-            old = path.with_name(f".{path.name}.old")
+            old = path.with_name(f".{path.name}.old.tmp")  # .tmp: a kill between the renames leaves it to clean up
             shutil.rmtree(old, ignore_errors=True)
             os.replace(path, old)
             os.replace(tmp, path)
@@ -64,3 +65,32 @@ def atomic_directory(path: str | Path, *, overwrite: bool = False):
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+class OutputFolderError(ValueError):
+    """An output folder that writing or replacing could lose data in; the message names it and the fix."""
+
+
+def check_output_folder(out: Path, *, kind: str, markers: tuple[str, ...], protected: list[Path], force: bool,
+                        error: type[ValueError] = OutputFolderError) -> None:
+    """Refuse `out` before any work when replacing it could lose data.
+
+    Refused: the working directory or a folder above it; a protected folder (a run directory), anything inside one
+    or holding one; an existing folder that is not empty and lacks the `markers` files of a previous `kind`. A
+    previous `kind` is replaced only with `force`. `error` is the ValueError subclass to raise.
+    """
+    target, cwd = Path(out).resolve(), Path.cwd().resolve()
+    if target == cwd or target in cwd.parents:
+        raise error(f"--out {out} is the working directory or a folder above it; choose a new folder")
+    for folder in protected:
+        folder = Path(folder).resolve()
+        if target == folder or folder in target.parents or target in folder.parents:
+            raise error(f"--out {out} would overwrite run directory {folder} (it is the run, inside it or holds it); "
+                        "choose a folder outside the runs")
+    out = Path(out)
+    if not out.exists() or (out.is_dir() and not any(out.iterdir())):
+        return
+    if not out.is_dir() or not all((out / name).is_file() for name in markers):
+        raise error(f"--out {out} exists and is not a {kind} (no {' + '.join(markers)}); choose a new folder")
+    if not force:
+        raise error(f"--out {out} holds a previous {kind}; pass --force to replace it")

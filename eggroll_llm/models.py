@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import warnings
 from pathlib import Path
 
 ASSETS = Path(__file__).resolve().parent / "assets"
@@ -210,7 +211,12 @@ def merge_adapter(model, adapter: str):
     if not (folder / "adapter_config.json").is_file():
         raise ModelError(f"{adapter} is not a PEFT adapter folder (no adapter_config.json); "
                          "pass the folder written by `eggroll-llm export` or a run's adapter/ folder")
-    peft_model = PeftModel.from_pretrained(model, str(folder))  # wraps the target modules of `model` in place
+    with warnings.catch_warnings():
+        # PEFT's own calls into transformers use an old name; nothing a user can change
+        warnings.filterwarnings("ignore", message=r"`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+        # PEFT warns that an adapter on a tied output head complicates merging: untie_output_head below handles it
+        warnings.filterwarnings("ignore", message=r"Model has `tie_word_embeddings=True`", category=UserWarning)
+        peft_model = PeftModel.from_pretrained(model, str(folder))  # wraps the target modules of `model` in place
     head = model.get_output_embeddings()
     if hasattr(head, "base_layer"):  # the adapter targets the output head
         untie_output_head(model, head.base_layer)

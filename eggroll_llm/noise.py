@@ -1,6 +1,6 @@
 """EGGROLL's population noise: counter-based keys, antithetic member pairs, one low-rank draw per layer.
 
-DESIGN.md §1: member i perturbs a target matrix W (m×n) by s_i (σ/√r) A_i B_iᵀ with A_i (m×r), B_i (n×r)
+docs/design.md §1: member i perturbs a target matrix W (m×n) by s_i (σ/√r) A_i B_iᵀ with A_i (m×r), B_i (n×r)
 standard normal in fp32. Nothing is stored between steps: the factors are regenerated from a key
 (seed, step // noise_reuse, layer), so the forward pass, the fold and every distributed worker see the same
 noise without communicating it. One draw of shape [P, m+n, r] per layer covers the whole population
@@ -46,7 +46,7 @@ def num_pairs(population_size: int, antithetic: bool) -> int:
 def member_pairs(population_size: int, antithetic: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """(pair index [N] int64, sign [N] fp32) of every member.
 
-    Antithetic (DESIGN.md §1): members 2k and 2k+1 share pair k with signs +1 and -1, which cancels the
+    Antithetic (docs/design.md §1): members 2k and 2k+1 share pair k with signs +1 and -1, which cancels the
     even-order terms of the fitness in the ES estimate. Otherwise member i owns pair i with sign +1.
     """
     num_pairs(population_size, antithetic)  # validates

@@ -1,17 +1,19 @@
 """The batched perturbed forward: every population member in one forward pass, no member's W ever built.
 
-DESIGN.md §1: a target layer computes, for a batch row that belongs to member i,
+docs/design.md §1: a target layer computes, for a batch row that belongs to member i,
 
     y = x Wᵀ + x V Uᵀ + s_i (σ/√r) (x B_i) A_iᵀ
 
-The base matmul x Wᵀ is shared by all rows; the adapter (U Vᵀ, fp32 master values, §3) and the member's
-rank-r noise are two thin batched matmuls on top. `attach_eggroll` swaps a model's target nn.Linear modules
+The base matmul x Wᵀ is shared by all rows, and so is the adapter (U Vᵀ, fp32 master values, §3); the member's
+rank-r noise is a thin batched matmul on top. `attach_eggroll` swaps a model's target nn.Linear modules
 for `EggrollLinear` wrappers that share one `Population`; the generation engine says which member each batch
 row belongs to with `population.set_rows(member_ids)` and the model is otherwise used as usual (KV cache and all).
 
-Cost model (DESIGN.md §2 asks for ≥ 0.9× the tokens/s of plain generation): per layer and token, the extra work
-is two bmm's of width R + r. The noise is drawn and cast to the compute dtype once per step, and each layer
-gathers its per-row factors once per `set_rows`, not once per decoded token.
+Cost model (docs/design.md §2 asks for ≥ 0.9× the tokens/s of plain generation): the adapter is shared by every row,
+so in fp32 it is merged once into a cached W + ΔW (no cost per token; in bf16 / fp16 it stays one thin GEMM
+accumulated into y, because rounding W + ΔW to 16 bits would lose small updates). The member noise adds, per layer
+and token, one thin bmm (x B_i) and one broadcast multiply-add into y. The noise is drawn and cast to the compute
+dtype once per step, and each layer gathers its per-row factors once per `set_rows`, not once per decoded token.
 
     population = Population(population_size=8, sigma=1e-3, rank=1)
     layers = attach_eggroll(model, population)           # q,k,v,o,gate,up,down of every block
@@ -146,7 +148,7 @@ class EggrollLinear(nn.Module):
         self.base, self.layer_index, self.population = base, layer_index, population
         self._full = adapter_rank == "full"
         m, n, device = base.out_features, base.in_features, base.weight.device
-        # fp32 master values whatever the model's dtype (DESIGN.md §3); buffers, so they land in state_dict.
+        # fp32 master values whatever the model's dtype (docs/design.md §3); buffers, so they land in state_dict.
         # Never inference tensors (even when attached under inference_mode): `_adapter` keys on their _version.
         with torch.inference_mode(False):
             if self._full:
@@ -155,6 +157,9 @@ class EggrollLinear(nn.Module):
                 self.register_buffer("lora_U", torch.zeros(m, adapter_rank, device=device))      # [m, R]
                 self.register_buffer("lora_V", torch.zeros(n, adapter_rank, device=device))      # [n, R]
         self._adapter_cache: tuple[tuple, tuple[torch.Tensor, ...] | None] = ((), None)
+        self._merged_cache: tuple[tuple, torch.Tensor | None] = ((), None)
+        # W + ΔW may stand in for W only where forward is exactly F.linear(x, W, b), not in a subclass of nn.Linear
+        self._mergeable = type(base) is nn.Linear
         self._rows_cache: tuple[tuple, tuple[torch.Tensor, torch.Tensor] | None] = _NO_ROWS
 
     @property
@@ -179,7 +184,7 @@ class EggrollLinear(nn.Module):
         return self.base.out_features
 
     def _apply(self, fn, recurse: bool = True):
-        """`model.to(bfloat16)` / `.half()` cast the base weights but keep the adapter's fp32 masters (DESIGN.md §3)."""
+        """`model.to(bfloat16)` / `.half()` cast the base weights, not the fp32 adapter masters (docs/design.md §3)."""
         masters = dict(self._buffers)
         super()._apply(fn, recurse)
         for key, master in masters.items():
@@ -196,23 +201,33 @@ class EggrollLinear(nn.Module):
         return f"layer_index={self.layer_index}, adapter_rank={self.adapter_rank}"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.base(x)                                   # x: [batch, seq, n] or [batch, n] -> y: [.., m]
-        adapter = self._adapter(x.dtype, x.device)
-        rows = self.population.rows
-        if adapter is not None and (self._full or rows is None):
-            y = y + (F.linear(x, adapter[0]) if self._full else F.linear(F.linear(x, adapter[0]), adapter[1]))
-        if rows is None:
+        # The adapter is shared by every row and enters the same way with or without a population.
+        # x: [batch, seq, n] or [batch, n] -> y: [.., m]
+        if self._mergeable and torch.finfo(x.dtype).bits >= 32:
+            merged = self._merged(x.dtype, x.device)
+            y = self.base(x) if merged is None else F.linear(x, merged, self.base.bias)
+        else:
+            y, factors = self.base(x), self._adapter(x.dtype, x.device)
+            if factors is not None:
+                y = _add_adapter(y, x, factors)
+        if self.population.rows is None:
             if self._rows_cache[0]:  # outside population generation: let the gathered factors go
                 self._rows_cache = _NO_ROWS
             return y
-        left_t, right = self._gathered(x.dtype, x.device, None if self._full else adapter)
+        left_t, right = self._gathered(x.dtype, x.device)
         batch, m, n = x.shape[0], y.shape[-1], x.shape[-1]
         if left_t.shape[0] != batch:
             raise PopulationError(f"{left_t.shape[0]} member ids set but the batch has {batch} rows; call "
                                   "population.set_rows with one member id per batch row whenever the batch changes")
-        # x: [batch, seq, n] @ left [batch, n, k] -> [batch, seq, k] @ right [batch, k, m], added to y [batch, seq, m]
+        # x: [batch, seq, n] @ B_i [batch, n, r] -> [batch, seq, r], times s_i σ/√r A_iᵀ [batch, r, m], added to y.
+        # In place: y is this forward's own fresh output, and neither op's backward needs it.
         xb = torch.bmm(x.reshape(batch, -1, n), left_t.transpose(1, 2))
-        return torch.baddbmm(y.reshape(batch, -1, m), xb, right).view(y.shape)
+        y3 = y.reshape(batch, -1, m)  # a view of y unless a subclassed base returned a non-contiguous y
+        if right.shape[1] == 1:  # rank 1: a broadcast outer product, several times faster than a k=1 bmm on CPU
+            y3.addcmul_(xb, right)
+        else:
+            y3.baddbmm_(xb, right)
+        return y3.view(y.shape)
 
     def _adapter(self, dtype: torch.dtype, device: torch.device) -> tuple[torch.Tensor, ...] | None:
         """The adapter in the compute dtype: (delta [m, n],) or (Vᵀ [R, n], U [m, R]); None while it is zero.
@@ -226,34 +241,56 @@ class EggrollLinear(nn.Module):
         key = (dtype, device) + tuple(v for t in masters for v in (id(t), t._version))
         if self._adapter_cache[0] != key:
             nonzero = all(bool(t.any()) for t in masters)  # one host sync per adapter change, none per token
-            cast = tuple(t.to(device=device, dtype=dtype) for t in masters) if nonzero else None
-            if cast is not None and not self._full:
-                cast = (cast[0].T.contiguous(), cast[1])
+            with torch.inference_mode(False), torch.no_grad():  # ordinary tensors, whatever mode calls first
+                cast = tuple(t.to(device=device, dtype=dtype) for t in masters) if nonzero else None
+                if cast is not None and not self._full:
+                    cast = (cast[0].T.contiguous(), cast[1])
             self._adapter_cache = (key, cast)
         return self._adapter_cache[1]
 
-    def _gathered(self, dtype: torch.dtype, device: torch.device,
-                  adapter: tuple[torch.Tensor, ...] | None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per-row factors (leftᵀ [batch, k, n], right [batch, k, m]), regathered only when rows/noise/adapter change.
+    def _merged(self, dtype: torch.dtype, device: torch.device) -> torch.Tensor | None:
+        """W + ΔW [m, n] in an fp32-or-wider compute dtype, replacing W so the adapter costs nothing per token.
 
-        Rows carry their member's noise B_i and scaled A_i; a non-zero low-rank adapter is stacked in front
-        (k = R + r), so the shared adapter and the member noise cost one pair of bmm's together. The left factor
-        is kept as [batch, k, n] (used transposed): the faster bmm layout for a thin k on CPU, equal on GPU.
+        ΔW keeps the compute dtype's precision, that of its fp32 masters. Not for bf16 / fp16, where rounding W + ΔW
+        would swallow updates far below W's scale: there ΔW is added on its own (`_add_adapter`). The cost is one
+        more [m, n] matrix per layer while the adapter is non-zero; rebuilt when the adapter or W changes.
         """
-        key = (self.population.version, dtype, device, self._adapter_cache[0] if adapter is not None else None)
+        factors = self._adapter(dtype, device)
+        if factors is None:
+            return None
+        weight = self.base.weight
+        key = (self._adapter_cache[0], id(weight), weight._version)
+        if self._merged_cache[0] != key:
+            with torch.inference_mode(False), torch.no_grad():
+                delta = factors[0] if self._full else factors[1] @ factors[0]        # [m, n]
+                self._merged_cache = (key, weight.to(device=device, dtype=dtype) + delta)
+        return self._merged_cache[1]
+
+    def _gathered(self, dtype: torch.dtype, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-row noise factors (B_iᵀ [batch, r, n], s_i σ/√r A_iᵀ [batch, r, m]), regathered only when the rows
+        or the noise change (`population.version`), not per decoded token.
+
+        B is kept as [batch, r, n] and used transposed: the faster bmm layout for a thin r on CPU, equal on GPU.
+        """
+        key = (self.population.version, dtype, device)
         if self._rows_cache[0] != key:
             m, n = self.base.out_features, self.base.in_features
             A, B = self.population.noise(self.layer_index, m, n, device, dtype)   # A: [P, m, r]  B: [P, n, r]
             pairs, scales = self.population.row_factors(device)                  # [batch], [batch]
             left_t = B[pairs].transpose(1, 2)                                     # [batch, r, n]
             right = (A[pairs] * scales.to(dtype)[:, None, None]).transpose(1, 2)  # [batch, r, m]
-            if adapter is not None:
-                Vt, U = adapter                                                   # [R, n], [m, R]
-                batch = pairs.shape[0]
-                left_t = torch.cat([Vt.expand(batch, -1, -1), left_t], dim=1)     # [batch, R + r, n]
-                right = torch.cat([U.T.expand(batch, -1, -1), right], dim=1)      # [batch, R + r, m]
             self._rows_cache = (key, (left_t.contiguous(), right.contiguous()))
         return self._rows_cache[1]
+
+
+def _add_adapter(y: torch.Tensor, x: torch.Tensor, factors: tuple[torch.Tensor, ...]) -> torch.Tensor:
+    """y + x ΔWᵀ, accumulated into y (this forward's fresh output) by one GEMM instead of a GEMM and an add."""
+    m = y.shape[-1]
+    y2, x2 = y.reshape(-1, m), x.reshape(-1, x.shape[-1])                     # [rows, m], [rows, n]
+    if len(factors) == 1:
+        return y2.addmm_(x2, factors[0].T).view(y.shape)                       # delta: [m, n]
+    Vt, U = factors                                                            # [R, n], [m, R]
+    return y2.addmm_(F.linear(x2, Vt), U.T).view(y.shape)
 
 
 def _in_blocks(name: str) -> bool:
@@ -273,7 +310,7 @@ def attach_eggroll(model: nn.Module, population: Population, target_modules: lis
     """Wrap the target nn.Linear modules of `model` in place; returns them by name in named_modules order.
 
     That order is each layer's index in the noise key, so it must not depend on anything but the model.
-    Default targets (DESIGN.md §1): every nn.Linear inside the transformer blocks (modules under an indexed
+    Default targets (docs/design.md §1): every nn.Linear inside the transformer blocks (modules under an indexed
     container such as `model.layers.3`); the output head, embeddings and norms stay frozen. For a model without
     an output head (not a transformers model), every nn.Linear. "all-linear" means what it means in PEFT.
     The wrapped layers' own weights and biases are frozen (requires_grad=False): their trained part is the adapter,

@@ -9,7 +9,6 @@ LoRA adapter, or a merged model folder), the repo id well formed, HF_HUB_OFFLINE
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import yaml
@@ -18,8 +17,8 @@ from huggingface_hub.errors import HfHubHTTPError
 from huggingface_hub.utils import validate_repo_id
 
 from .config import EggrollConfig, to_dict
+from .hub import offline, require_hub
 
-TRUE_VALUES = {"1", "ON", "YES", "TRUE"}  # huggingface_hub's reading of boolean environment variables
 HUB_DATASETS = {"gsm8k": "openai/gsm8k"}
 
 
@@ -27,27 +26,32 @@ class PushError(ValueError):
     """A folder, repo id or environment that cannot push; the message names the problem and the fix."""
 
 
-def _accuracy_rows(metrics: list[dict]) -> list[tuple[str, dict]]:
-    """(label, record) of the base model (step 0), the final and the best held-out evaluation."""
-    evals = [r for r in metrics if "eval_accuracy" in r]
+def _score_rows(metrics: list[dict], key: str) -> list[tuple[str, dict]]:
+    """(label, record) of the base model (step 0), the final and the best held-out evaluation by `key`."""
+    evals = [r for r in metrics if key in r]
     if not evals:
         return []
-    best = max(evals, key=lambda r: r["eval_accuracy"])
+    best = max(evals, key=lambda r: r[key])
     return [("base model", evals[0]), ("final", evals[-1]), ("best", best)]
 
 
 def model_card(config: EggrollConfig, metrics: list[dict], summary: dict, base_model: str, *,
                merged: bool = False) -> ModelCard:
     """The README.md of an export (`merged`: of its merged/ model): base model, method, data, results, settings."""
-    task = config.data.task
-    on_hub = not Path(base_model).exists()  # the Hub validates base_model: only a Hub id may go in the metadata
+    from .models import EMBEDDED_MODELS
+
+    task = config.data.task or Path(str(config.data.data_path)).name
+    embedded = base_model in EMBEDDED_MODELS  # shipped inside eggroll_llm: loaded by name on any machine
+    on_hub = not embedded and not Path(base_model).exists()  # the Hub validates base_model: only a Hub id goes in
     data = ModelCardData(
         base_model=base_model if on_hub else None, library_name="transformers" if merged else "peft",
         license="apache-2.0", pipeline_tag="text-generation", datasets=[HUB_DATASETS[task]] if task in HUB_DATASETS
         else None, tags=["eggroll", "evolution-strategies", task] + ([] if merged else ["lora"]))
-    base = f"`{base_model}`" if on_hub else f"the embedded/local model `{config.model.name}` ({base_model})"
-    rows = "\n".join(f"| {label} | {r['step']} | {r['eval_accuracy']:.4f} | {r.get('eval_strict_accuracy', 0):.4f} "
-                     f"| {r.get('eval_n', '')} |" for label, r in _accuracy_rows(metrics))
+    base = (f"`{base_model}`" if on_hub else f"`{base_model}`, the model embedded in eggroll_llm" if embedded
+            else f"the local model `{base_model}`")
+    key = "eval_accuracy" if any("eval_accuracy" in r for r in metrics) else "eval_reward"
+    rows = "\n".join(f"| {label} | {r['step']} | {r[key]:.4f} | {r.get('eval_strict_accuracy', float('nan')):.4f} "
+                     f"| {r.get('eval_n', '')} |" for label, r in _score_rows(metrics, key))
     last = metrics[-1] if metrics else {}
     what = ("the base weights with the adapter merged in (W + ΔW, exact)" if merged else
             f"a PEFT LoRA adapter, rank {summary['rank']}, lora_alpha {summary['rank']} (scaling 1)")
@@ -58,8 +62,10 @@ def model_card(config: EggrollConfig, metrics: list[dict], summary: dict, base_m
         usage = ('from transformers import AutoModelForCausalLM\n'
                  'model = AutoModelForCausalLM.from_pretrained("THIS_FOLDER_OR_REPO")')
     else:
-        usage = ('from peft import PeftModel\nfrom transformers import AutoModelForCausalLM\n'
-                 f'base = AutoModelForCausalLM.from_pretrained("{base_model}")\n'
+        load = ('from eggroll_llm.models import load_model  # pip install eggroll_llm\n'
+                f'base = load_model("{base_model}")' if embedded else 'from transformers import AutoModelForCausalLM\n'
+                f'base = AutoModelForCausalLM.from_pretrained("{base_model}")')
+        usage = (f'from peft import PeftModel\n{load}\n'
                  'model = PeftModel.from_pretrained(base, "THIS_FOLDER_OR_REPO")\n\n'
                  '# vLLM: LLM(model=..., enable_lora=True, max_lora_rank=...) and\n'
                  '# LoRARequest("eggroll", 1, "THIS_FOLDER") per request')
@@ -78,9 +84,10 @@ lr {config.es.lr}, noise rank {config.es.rank}, adapter rank {config.es.adapter_
 {truncated}
 ## Results
 
-Held-out accuracy on {task}/{config.data.eval_split} (flexible answer match; strict: `#### N` only).
+{"Held-out accuracy" if key == "eval_accuracy" else "Mean held-out reward"} on {task}/{config.data.eval_split} \
+{"(flexible answer match; strict: `#### N` only)" if key == "eval_accuracy" else "(strict: not applicable)"}.
 
-| model | step | accuracy | strict | n |
+| model | step | {"accuracy" if key == "eval_accuracy" else "reward"} | strict | n |
 |---|---|---|---|---|
 {rows or "| (no evaluation recorded) | | | | |"}
 
@@ -122,13 +129,14 @@ def push_export(folder: str | Path, repo_id: str, *, private: bool = False, revi
     validate_repo_id(repo_id)  # HFValidationError, a ValueError, names what is wrong with the id
     if "/" not in repo_id:
         raise PushError(f"--repo-id {repo_id!r} needs its owner: USER/NAME or ORG/NAME")
-    if os.environ.get("HF_HUB_OFFLINE", "").strip().upper() in TRUE_VALUES:
+    if offline():
         raise PushError("HF_HUB_OFFLINE is set, so nothing can be uploaded; unset it (e.g. `unset HF_HUB_OFFLINE`) "
                         "on a machine with network access and push again")
     token = get_token()
     if token is None:
         raise PushError("no Hugging Face token found (HF_TOKEN unset and no cached login); run `hf auth login` or "
                         "set HF_TOKEN to a token with write access")
+    require_hub(f"pushing to {repo_id}", "push from a machine with network access")
     api = HfApi(token=token)
     try:
         url = api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
@@ -139,6 +147,10 @@ def push_export(folder: str | Path, repo_id: str, *, private: bool = False, revi
     except HfHubHTTPError as err:  # the message carries the status and the Hub's reason, never the token
         raise PushError(f"the Hub refused the push to {repo_id}: {err}; check that your token may write to that "
                         "namespace") from err
+    except Exception as err:  # the connection broke mid-push; its type depends on huggingface_hub's HTTP client
+        raise PushError(f"the push to {repo_id} failed on the network ({type(err).__name__}: "
+                        f"{str(err).splitlines()[0] if str(err) else 'no detail'}); check the connection and push "
+                        "again (an interrupted upload leaves no partial commit)") from err
     return str(url)
 
 

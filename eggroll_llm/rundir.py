@@ -1,18 +1,35 @@
 """The run directory both trainers write: config.yaml, metrics.jsonl, eval/, checkpoints/, adapter/ (or model/).
 
-`prepare_run_dir` decides, before anything is written, whether a run may start here: a folder that already holds a
-run is refused unless the run is resumed, and a resume must use the recipe the run started with (keys that only say
-how far or how a run goes, config.RUN_ONLY_KEYS, may change; each other change is listed with its two values).
+`prepare_run_dir` decides, before anything is written, whether a run may start here:
+- a lock (`.lock`, held with `filelock` for the whole run) refuses a second run or resume on a directory in use,
+  naming the holder's pid and host; the OS releases the lock of a killed run, so a stale lock is simply taken over;
+- a folder that holds a checkpoint is refused unless the run is resumed; one that failed before its first checkpoint
+  may be reused by a plain rerun;
+- a resume must use the recipe the run started with: keys that only say how far or how a run goes
+  (config.RUN_ONLY_KEYS, output_dir among them, so moved and copied runs resume) may change; each other change is
+  listed with its two values;
+- temporary files and folders left by a killed run (`.*.tmp`, see io.py) are removed.
 """
 
 from __future__ import annotations
 
+import json
+import os
+import shutil
+import socket
 from pathlib import Path
 
 import yaml
+from filelock import FileLock, Timeout
 
 from .config import RUN_ONLY_KEYS, EggrollConfig, to_dict
 from .io import atomic_write_text
+
+LOCK_FILE, HOLDER_FILE = ".lock", ".lock.holder"
+
+
+class RunDirBusy(ValueError):
+    """Another process holds the run directory's lock."""
 
 
 def _flatten(values: dict, prefix: str = "") -> dict:
@@ -32,17 +49,77 @@ def changed_keys(saved: dict, config: EggrollConfig) -> list[str]:
             if key.split(".")[0] not in RUN_ONLY_KEYS and before.get(key) != now.get(key)]
 
 
-def prepare_run_dir(config: EggrollConfig, resume: bool, write: bool = True) -> Path:
-    """The run directory of `config`, checked for a fresh start or a resume; writes config.yaml when `write`."""
+def has_checkpoint(run_dir: Path) -> bool:
+    """Whether a run saved a resumable state here (EGGROLL's step-N or TRL's checkpoint-N folders)."""
+    folder = Path(run_dir) / "checkpoints"
+    return folder.is_dir() and any(p.is_dir() and not p.name.startswith(".") for p in folder.iterdir())
+
+
+def _acquire(run_dir: Path) -> FileLock:
+    lock = FileLock(str(run_dir / LOCK_FILE), timeout=0)
+    try:
+        lock.acquire()
+    except Timeout:
+        holder = _read_holder(run_dir)
+        raise RunDirBusy(f"{run_dir} is in use by another run (pid {holder.get('pid', '?')} on host "
+                         f"{holder.get('host', '?')}); wait for it to finish, stop it, or choose another "
+                         "output_dir") from None
+    return lock
+
+
+def lock_run_dir(run_dir: Path) -> FileLock:
+    """Hold the run directory's lock (released when the process ends, however it ends); refuse a busy one."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    lock = _acquire(run_dir)
+    atomic_write_text(run_dir / HOLDER_FILE, json.dumps({"pid": os.getpid(), "host": socket.gethostname()}))
+    return lock
+
+
+def refuse_if_busy(run_dir: Path) -> None:
+    """Fail at once (before any model is loaded) when another run holds the directory's lock; writes nothing.
+
+    The lock itself is taken later, by prepare_run_dir: this early look only spares a doomed start-up."""
+    if (Path(run_dir) / LOCK_FILE).is_file():
+        _acquire(Path(run_dir)).release()
+
+
+def _read_holder(run_dir: Path) -> dict:
+    try:
+        return json.loads((run_dir / HOLDER_FILE).read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def remove_stale_temporaries(run_dir: Path) -> None:
+    """Delete `.NAME.*.tmp` files and folders that a killed run left (only call while holding the lock)."""
+    for path in sorted(Path(run_dir).rglob(".*.tmp"), key=lambda p: len(p.parts), reverse=True):
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+
+
+def prepare_run_dir(config: EggrollConfig, resume: bool, write: bool = True) -> tuple[Path, FileLock | None]:
+    """The run directory of `config`, locked and checked for a fresh start or a resume; writes config.yaml.
+
+    With `write` False (the other processes of a distributed run) nothing is locked or written: (run_dir, None).
+    """
     run_dir = Path(config.output_dir)
-    if (run_dir / "metrics.jsonl").exists() and not resume:
-        raise FileExistsError(f"{run_dir} already holds a run; pass --resume (resume_from_checkpoint=True) to "
-                              "continue it or choose another output_dir")
-    if resume and (run_dir / "config.yaml").is_file():
-        changed = changed_keys(yaml.safe_load((run_dir / "config.yaml").read_text()) or {}, config)
-        if changed:
-            raise ValueError(f"cannot resume {run_dir} with a different recipe ({'; '.join(changed)}); resume with "
-                             "the recipe the run was started with")
-    if write:
-        atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(to_dict(config), sort_keys=False))
-    return run_dir
+    lock = lock_run_dir(run_dir) if write else None
+    try:
+        if resume and (run_dir / "config.yaml").is_file():
+            changed = changed_keys(yaml.safe_load((run_dir / "config.yaml").read_text()) or {}, config)
+            if changed:
+                raise ValueError(f"cannot resume {run_dir} with a different recipe ({'; '.join(changed)}); resume "
+                                 "with the recipe the run was started with")
+        if not resume and has_checkpoint(run_dir):
+            raise FileExistsError(f"{run_dir} already holds a run; pass --resume (resume_from_checkpoint=True) to "
+                                  "continue it or choose another output_dir")
+        if write:
+            remove_stale_temporaries(run_dir)
+            atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(to_dict(config), sort_keys=False))
+    except BaseException:
+        if lock is not None:
+            lock.release()
+        raise
+    return run_dir, lock

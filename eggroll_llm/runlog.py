@@ -12,6 +12,7 @@ import importlib.util
 import json
 import resource
 import sys
+import warnings
 from dataclasses import dataclass, fields
 from pathlib import Path
 
@@ -68,9 +69,24 @@ class MetricsLog:
         self.trackers = trackers or []
 
     def read(self) -> list[dict]:
+        """The records. A torn last line (a run killed mid-write) is dropped with a warning naming file:line; a bad
+        line before it means the log is damaged: ValueError naming file:line."""
         if not self.path.is_file():
             return []
-        return [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
+        lines = self.path.read_text().splitlines()
+        records = []
+        for number, line in enumerate(lines, 1):
+            if not line.strip():
+                continue
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError as err:
+                if any(rest.strip() for rest in lines[number:]):
+                    raise ValueError(f"{self.path}:{number}: not JSON ({err.msg}); the run's log is damaged: fix or "
+                                     "remove that line") from None
+                warnings.warn(f"{self.path}:{number}: dropping a torn last line (the run stopped while writing it)",
+                              stacklevel=2)
+        return records
 
     def truncate_after(self, step: int) -> None:
         kept = [r for r in self.read() if r["step"] <= step]

@@ -18,6 +18,7 @@ Shaped like TRL's GRPOTrainer:
 from __future__ import annotations
 
 import dataclasses
+import signal
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -32,7 +33,8 @@ from .engine import SamplingParams, get_engine
 from .es import EggrollES, population_layout
 from .evaluate import held_out_metrics
 from .export import base_model_id, export_peft_adapter, load_peft_adapter
-from .inputs import PromptSet, RewardSet
+from .inputs import PromptSet, RewardSet, prompt_budget
+from .interrupt import Interrupted, StopSignals
 from .models import default_device, load_base, load_tokenizer
 from .rundir import prepare_run_dir
 from .runlog import MetricsLog, RunTotals, open_trackers, peak_memory_mb
@@ -89,8 +91,11 @@ class EggrollTrainer:
         self.model = model
         self.tokenizer = processing_class or load_tokenizer(args.model.name,
                                                             trust_remote_code=args.model.trust_remote_code)
-        self.train_set = PromptSet(train_dataset, self.tokenizer, "train_dataset")
-        self.eval_set = PromptSet(eval_dataset, self.tokenizer, "eval_dataset") if eval_dataset is not None else None
+        fit = dict(max_prompt_tokens=prompt_budget(self.model, args.generation.max_new_tokens),
+                   long_prompts=args.data.long_prompts)
+        self.train_set = PromptSet(train_dataset, self.tokenizer, "train_dataset", **fit)
+        self.eval_set = (PromptSet(eval_dataset, self.tokenizer, "eval_dataset", **fit) if eval_dataset is not None
+                         else None)
         es, gen = args.es, args.generation
         self.row_shards = shard_rows(es.population_size, es.prompts_per_member, es.antithetic,
                                      self.processes.world_size)
@@ -110,13 +115,26 @@ class EggrollTrainer:
                                 max_new_tokens=self.args.generation.max_new_tokens, records_path=path)
 
     def train(self, resume_from_checkpoint: bool = False) -> Path:
-        """Run (or with resume_from_checkpoint, continue) the run; returns the run directory."""
+        """Run (or with resume_from_checkpoint, continue) the run; returns the run directory.
+
+        A SIGINT or SIGTERM ends the current step, saves it and raises interrupt.Interrupted (see interrupt.py).
+        """
+        run_dir, lock = prepare_run_dir(self.args, resume_from_checkpoint, write=self.processes.is_main)
+        trackers = open_trackers(self.args.report_to, run_dir, to_dict(self.args)) if self.processes.is_main else []
+        log = MetricsLog(run_dir / "metrics.jsonl", trackers)
+        try:
+            with StopSignals() as stop:
+                self._loop(run_dir, log, resume_from_checkpoint, stop)
+        finally:
+            log.close()
+            if lock is not None:
+                lock.release()
+        return run_dir
+
+    def _loop(self, run_dir: Path, log: MetricsLog, resume: bool, stop: StopSignals) -> None:
         args, es, processes = self.args, self.args.es, self.processes
-        run_dir = prepare_run_dir(args, resume_from_checkpoint, write=processes.is_main)
-        trackers = open_trackers(args.report_to, run_dir, to_dict(args)) if processes.is_main else []
-        log, state = MetricsLog(run_dir / "metrics.jsonl", trackers), RunTotals()
-        checkpoints = list_checkpoints(run_dir)
-        start_from = checkpoints[-1] if resume_from_checkpoint and checkpoints else None
+        state, checkpoints = RunTotals(), list_checkpoints(run_dir)
+        start_from = checkpoints[-1] if resume and checkpoints else None
         # also the barrier that keeps the main process from writing metrics.jsonl before every process checked run_dir
         processes.agree(checkpoint_step(start_from), "the checkpoint to start from",
                         "every process must see the same run directory (a filesystem they all share)")
@@ -150,10 +168,10 @@ class EggrollTrainer:
             start = time.perf_counter()
             population = self.es.ask()
             chosen = prompt_indices(len(self.train_set), state.step, prompts_per_step, args.seed)
-            prompts, texts, columns = self.train_set.select([chosen[s] for s in slots[mine].tolist()])
+            prompts, prompt_ids, columns = self.train_set.select([chosen[s] for s in slots[mine].tolist()])
             sampling = SamplingParams(max_new_tokens=gen.max_new_tokens, temperature=gen.temperature, top_p=gen.top_p,
                                       seed=shard_seed(args.seed * 1_000_003 + state.step, mine.start))
-            completions = self.engine.generate(texts, sampling, member_ids=members[mine].tolist())
+            completions = self.engine.generate(prompt_ids, sampling, member_ids=members[mine].tolist())
             scores, _ = self.rewards(prompts, self.train_set.completions([c.text for c in completions]),
                                      [c.token_ids for c in completions], columns)
             # every process needs every row's score (per-prompt means, global std): gather them, then shape alike
@@ -170,10 +188,11 @@ class EggrollTrainer:
                       "peak_mem_mb": round(peak_memory_mb(self.device), 1)}
             out_of_time = args.max_wall_s is not None and state.wall_s >= args.max_wall_s
             finished = state.step >= args.max_steps or out_of_time
+            stopping = processes.any(stop.requested is not None, "the stop request")  # every process stops alike
             if state.step % args.eval_every == 0 or finished:
                 last_eval = self.evaluate(state.step)
                 record.update(last_eval)
-            saving = state.step % args.save_every == 0 or finished
+            saving = state.step % args.save_every == 0 or finished or stopping
             if saving:
                 processes.check_in_sync(self.es.layers, state.step)
             record.update(processes.traffic(allreduce_bytes))
@@ -181,13 +200,13 @@ class EggrollTrainer:
                 log.log(record)
                 if saving:
                     self.save(run_dir, state)
+            if stopping:
+                raise Interrupted(state.step, stop.requested or signal.SIGTERM)
             bar.update(1)
             shown = last_eval.get("eval_accuracy", last_eval.get("eval_reward", float("nan")))
             bar.set_postfix(reward=f"{record['reward_mean']:.3f}", eval=f"{shown:.3f}",
                             tok_s=f"{record['tokens_per_s']:.0f}")
         bar.close()
-        log.close()
-        return run_dir
 
     def save(self, run_dir: Path, state: RunTotals) -> None:
         """A resumable checkpoint of `state`, and the adapter as a PEFT folder in adapter/ (main process)."""

@@ -1,4 +1,4 @@
-"""The fold of DESIGN §3: low-rank fold == truncated SVD of the dense sum; dense fold; export truncation; ES step."""
+"""The fold of docs/design.md §3: low-rank fold == truncated SVD of the dense sum; dense fold; export; ES step."""
 
 import math
 
@@ -57,7 +57,7 @@ def test_randomized_path_matches_exact_truncation():
     best, _ = _best_rank(_dense_sum(U, V, A, B, coeffs), 2)
     assert float((U2 @ V2.T - best).norm() / best.norm()) < 1e-4
     U3, V3 = fold_lowrank(U, V, A, B, coeffs, rank=2)
-    assert torch.equal(U2, U3) and torch.equal(V2, V3)  # identical on every process (DESIGN §8)
+    assert torch.equal(U2, U3) and torch.equal(V2, V3)  # identical on every process (docs/design.md §8)
 
 
 def test_randomized_path_is_near_optimal_on_a_flat_spectrum():

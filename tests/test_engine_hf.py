@@ -1,4 +1,4 @@
-"""HFEngine against transformers' own `generate`, and the invariants batching must keep (DESIGN.md §2).
+"""HFEngine against transformers' own `generate`, and the invariants batching must keep (docs/design.md §2).
 
 Tiny random Qwen2 / Llama / GPT-2 models (GPT-2 has absolute positions, so it alone catches wrong position_ids
 under left padding; float64, so no near-tie in the logits can flip an argmax between batch shapes) and an

@@ -17,8 +17,10 @@ from eggroll_llm.models import load_model, load_tokenizer
 from eggroll_llm.perturbed import Population, attach_eggroll
 
 INPUT_IDS = torch.randint(3, 384, (1, 12), generator=torch.Generator().manual_seed(0))
-ATOL = 1e-5
-RTOL = 1e-5  # fp32 sums in a different order differ by ~1e-6 relative on logits of size ~10
+# fp32 sums in a different order: the hf forward merges W + ΔW and adds each member's noise on its own, PEFT adds one
+# stacked LoRA to x Wᵀ; against a float64 forward they are off by up to 3.2e-5 and 1.2e-5 on logits of size ~10
+ATOL = 5e-5
+RTOL = 1e-5
 
 
 @pytest.fixture()

@@ -4,6 +4,7 @@ PEFT, plain transformers and `load_peft_adapter`, must give the trained model's 
 import argparse
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -27,7 +28,7 @@ from eggroll_llm.export import (
     load_peft_adapter,
     lowrank_truncate,
 )
-from eggroll_llm.models import EMBEDDED_MODELS, load_model, load_tokenizer
+from eggroll_llm.models import load_model, load_tokenizer
 from eggroll_llm.perturbed import Population, attach_eggroll
 from eggroll_llm.push import PushError, add_push_parser
 from eggroll_llm.recipe import run_recipe
@@ -85,7 +86,7 @@ def test_export_folder_is_a_vllm_ready_peft_adapter(exported, lowrank_run):
     config = json.loads(open(f"{out}/adapter_config.json").read())
     assert config["r"] == 8 and config["r"] in VLLM_LORA_RANKS, "rank 2 is padded to vLLM's next rank"
     assert config["lora_alpha"] == config["r"] and config["bias"] == "none" and not config["use_dora"]
-    assert config["base_model_name_or_path"] == str(EMBEDDED_MODELS["tiny-arith"].resolve())
+    assert config["base_model_name_or_path"] == "tiny-arith"  # portable: loads by name wherever eggroll_llm is
     tensors = load_file(f"{out}/adapter_model.safetensors")
     assert len(tensors) == 2 * exported["modules"] == 2 * 28
     assert all(k.startswith("base_model.model.model.layers.") and k.endswith((".lora_A.weight", ".lora_B.weight"))
@@ -98,6 +99,17 @@ def test_export_folder_is_a_vllm_ready_peft_adapter(exported, lowrank_run):
     evals = [r for r in records if "eval_accuracy" in r]
     assert f"| final | {evals[-1]['step']} | {evals[-1]['eval_accuracy']:.4f} |" in card.text
     assert "population_size: 4" in card.text and "adapter_rank: 2" in card.text
+    assert str(lowrank_run.parent) not in card.text  # no machine path: the card works on another machine
+
+
+def test_the_model_cards_usage_snippet_runs(exported, lowrank_run):
+    """The card's Python snippet, pointed at the export, loads the trained model (the embedded base by name)."""
+    card = ModelCard.load(f"{exported['out']}/README.md").text
+    snippet = card.split("```python\n", 1)[1].split("```", 1)[0].replace("THIS_FOLDER_OR_REPO", exported["out"])
+    scope = {}
+    exec(snippet, scope)  # noqa: S102 - the project's own card text
+    trained = logits(trained_model(lowrank_run)[0])
+    torch.testing.assert_close(logits(scope["model"].eval()), trained, atol=1e-5, rtol=1e-5)
 
 
 def test_peft_round_trip_reproduces_the_trained_logits(exported, lowrank_run):
@@ -256,11 +268,12 @@ def test_an_error_mid_export_leaves_nothing_behind(lowrank_run, tmp_path, monkey
     with pytest.raises(RuntimeError, match="disk full"):
         export_run(lowrank_run, tmp_path / "out", merged=True)
     assert list(tmp_path.iterdir()) == [], "neither the folder nor its temporary twin is left"
-    (tmp_path / "out").mkdir()
-    (tmp_path / "out" / "keep.txt").write_text("mine")
+    export_run(lowrank_run, tmp_path / "out")
+    before = {p.name: p.read_bytes() for p in (tmp_path / "out").iterdir()}
     with pytest.raises(RuntimeError, match="disk full"):
         export_run(lowrank_run, tmp_path / "out", merged=True, force=True)
-    assert list(tmp_path.iterdir()) == [tmp_path / "out"] and (tmp_path / "out" / "keep.txt").read_text() == "mine"
+    assert list(tmp_path.iterdir()) == [tmp_path / "out"]  # the previous export is intact
+    assert {p.name: p.read_bytes() for p in (tmp_path / "out").iterdir()} == before
 
 
 def test_an_existing_out_needs_force(lowrank_run, tmp_path):
@@ -269,13 +282,21 @@ def test_an_existing_out_needs_force(lowrank_run, tmp_path):
     (out / "keep.txt").write_text("mine")
     parser = argparse.ArgumentParser()
     add_export_parser(parser.add_subparsers())
-    args = parser.parse_args(["export", str(lowrank_run), "--out", str(out), "--rank", "1"])
-    with pytest.raises(FileExistsError, match="pass --force"):
+    args = parser.parse_args(["export", str(lowrank_run), "--out", str(out), "--rank", "1", "--force"])
+    with pytest.raises(ExportError, match="exists and is not a PEFT export"):  # --force replaces only an export
         args.func(args)
     assert (out / "keep.txt").read_text() == "mine"
-    with pytest.raises(ExportError, match="holds the run .* which --force would delete"):
-        export_run(lowrank_run, lowrank_run.parent, force=True)
+    for inside in (lowrank_run, lowrank_run / "checkpoints", lowrank_run.parent):
+        with pytest.raises(ExportError, match="would overwrite run directory"):
+            export_run(lowrank_run, inside, force=True)
     assert list_checkpoints(lowrank_run)
+    with pytest.raises(ExportError, match="is the working directory"):
+        export_run(lowrank_run, Path("."), force=True)
+    (out / "keep.txt").unlink()
+    args.force = False
+    assert args.func(args) == 0  # an empty folder is fine
+    with pytest.raises(ExportError, match="holds a previous PEFT export; pass --force"):
+        args.func(args)
     args.force = True
     assert args.func(args) == 0
     assert sorted(p.name for p in out.iterdir()) == ["README.md", "adapter_config.json", "adapter_model.safetensors"]
@@ -293,6 +314,7 @@ def hub_calls(monkeypatch):
         monkeypatch.setattr(HfApi, method, record)
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.setattr(push, "get_token", lambda: "hf_secret_never_shown")
+    monkeypatch.setattr(push, "require_hub", lambda what, fix: None)  # the Hub "answers" (test_hub.py: when not)
     return calls
 
 
@@ -329,6 +351,29 @@ def test_push_refusals_name_the_fix_and_call_nothing(exported, hub_calls, monkey
     with pytest.raises(PushError, match=message):
         push_cli(folder, "--repo-id", "me/tiny-eggroll")
     assert hub_calls == []
+
+
+def test_push_without_the_hub_or_with_a_broken_connection_is_one_line(exported, hub_calls, monkeypatch, capsys):
+    from eggroll_llm import hub
+
+    def unreachable(what, fix):
+        raise hub.HubUnreachable(f"{what} needs the Hugging Face Hub, which cannot be reached; {fix}")
+
+    monkeypatch.setattr(push, "require_hub", unreachable)
+    assert cli.main(["push", exported["out"], "--repo-id", "me/tiny-eggroll"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "pushing to me/tiny-eggroll needs the Hugging Face Hub" in err
+    assert hub_calls == []
+
+    def reset(self, *args, **kwargs):
+        raise ConnectionResetError("connection reset by peer")
+
+    monkeypatch.setattr(push, "require_hub", lambda what, fix: None)
+    monkeypatch.setattr(HfApi, "upload_folder", reset)
+    assert cli.main(["push", exported["out"], "--repo-id", "me/tiny-eggroll"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "failed on the network (ConnectionResetError" in err
+    assert "hf_secret" not in err
 
 
 def test_a_run_started_from_the_export_evaluates_as_the_exported_model(exported, lowrank_run, tmp_path):

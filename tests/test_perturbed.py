@@ -158,6 +158,61 @@ def test_noise_is_drawn_once_per_step_and_gathered_once_per_rows_change(monkeypa
     assert len(draws) == 2 * len(layers)
 
 
+def test_many_members_with_repeated_ids_in_one_batch():
+    """Rank-1 noise (the broadcast path), 64 members, rows in no order with repeats and absent members."""
+    model = tiny_model("qwen2")
+    base = copy.deepcopy(model)
+    pop = Population(population_size=64, sigma=0.1, rank=1, seed=7)
+    layers = attach_eggroll(model, pop, adapter_rank=4)
+    fill_adapters(layers)
+    g = torch.Generator().manual_seed(0)
+    rows, ids = torch.randint(0, 64, (96,), generator=g), torch.randint(3, 100, (96, 4), generator=g)
+    assert len(rows.unique()) < 64 and len(rows.unique()) < len(rows)
+    with torch.no_grad(), pop.perturb(3, rows):
+        got = model(ids).logits
+    with torch.no_grad():
+        for member in rows.unique().tolist():
+            chosen = (rows == member).nonzero()[:, 0]
+            expected = member_model(base, layers, pop, member)(ids[chosen]).logits
+            torch.testing.assert_close(got[chosen], expected, atol=ATOL, rtol=1e-5)
+
+
+def test_base_weight_changes_are_seen_by_the_next_forward():
+    model = tiny_model("qwen2")
+    base = copy.deepcopy(model)
+    pop = Population(population_size=2, sigma=0.1)
+    layers = attach_eggroll(model, pop)
+    fill_adapters(layers)
+    ids = torch.randint(3, 100, (2, 5))
+    with torch.no_grad():
+        before = model(ids).logits
+        for name, layer in layers.items():  # in place, as load_state_dict writes the base weights
+            layer.base.weight.mul_(1.5)
+            base.get_submodule(name).weight.mul_(1.5)
+        after = model(ids).logits
+        expected = member_model(base, layers, pop, None)(ids).logits
+    assert not torch.allclose(before, after, atol=1e-3)
+    torch.testing.assert_close(after, expected, atol=ATOL, rtol=1e-5)
+
+
+@pytest.mark.parametrize("adapter_rank", [2, "full"])
+def test_bfloat16_adapter_is_added_on_its_own_and_counts(adapter_rank):
+    """In bf16 the adapter is not merged into W (its updates would round away) but still shapes the output."""
+    model = tiny_model("qwen2", torch.bfloat16)
+    base = copy.deepcopy(model)
+    pop = Population(population_size=2, sigma=0.05)
+    layers = attach_eggroll(model, pop, adapter_rank=adapter_rank)
+    fill_adapters(layers, scale=0.3)
+    ids = torch.tensor([[5, 6, 7, 8], [9, 10, 11, 12]])
+    with torch.no_grad():
+        got = model(ids).logits.float()
+        expected = member_model(base.float(), layers, pop, None)(ids).logits
+        unadapted = base(ids).logits.float()
+    moved = (unadapted - expected).abs().max()
+    assert moved > 0.1 * expected.abs().max()  # the adapter matters at this scale
+    assert (got - expected).abs().max() < 0.1 * moved
+
+
 def test_bfloat16_model_computes_in_its_dtype_close_to_fp32():
     model16, model32 = tiny_model("qwen2", torch.bfloat16), tiny_model("qwen2")
     logits = []
@@ -196,6 +251,29 @@ class TwoLayer(nn.Module):
 
     def forward(self, x):
         return self.fc2(torch.tanh(self.fc1(x)))
+
+
+class DoubledLinear(nn.Linear):
+    """A subclass of nn.Linear whose forward is not F.linear(x, W, b) (as in quantized or adapted linears)."""
+
+    def forward(self, x):
+        return 2 * super().forward(x)
+
+
+@pytest.mark.parametrize("adapter_rank", [2, "full"])
+def test_linear_subclass_keeps_its_own_forward_under_an_adapter(adapter_rank):
+    model = TwoLayer()
+    doubled = DoubledLinear(6, 8)
+    doubled.load_state_dict(model.fc1.state_dict())
+    model.fc1 = doubled
+    pop = Population(population_size=2, sigma=0.1)
+    layers = attach_eggroll(model, pop, adapter_rank=adapter_rank)
+    fill_adapters(layers)
+    x = torch.randn(3, 6)
+    with torch.no_grad():
+        got = layers["fc1"](x)
+        expected = doubled(x) + x @ layers["fc1"].delta_weight().T
+    torch.testing.assert_close(got, expected, atol=ATOL, rtol=1e-5)
 
 
 def test_plain_module_default_targets_every_linear_and_2d_inputs_work():

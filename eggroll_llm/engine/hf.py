@@ -1,4 +1,4 @@
-"""Batched KV-cache generation in plain PyTorch over any transformers causal LM (DESIGN.md §2, the `hf` engine).
+"""Batched KV-cache generation in plain PyTorch over any transformers causal LM (docs/design.md §2, the `hf` engine).
 
 All (member, prompt) rows decode together: prompts are left-padded into micro-batches sized to a token budget,
 prefilled once, then fed one token per step through a `DynamicCache`. Rows that finished are dropped from the
@@ -99,8 +99,11 @@ class HFEngine(Engine):
         self.eos_ids = eos_token_ids(model, tokenizer)
         # padding is masked out, so its id only has to be a valid token
         self.pad_id = next(i for i in (tokenizer.pad_token_id, *self.eos_ids, 0) if i is not None)
+        parameters = inspect.signature(model.forward).parameters
         # logits of the last position only: full prefill logits would be rows × prompt × vocab floats
-        self._logits_to_keep = "logits_to_keep" in inspect.signature(model.forward).parameters
+        self._logits_to_keep = "logits_to_keep" in parameters
+        # recent transformers name the KV cache argument `cache`; `past_key_values` warns and is to be removed
+        self._cache_kwarg = "cache" if "cache" in parameters else "past_key_values"
         self.last_stats: EngineStats | None = None
 
     def generate(self, prompts: list[str] | list[list[int]], sampling: SamplingParams,
@@ -138,7 +141,7 @@ class HFEngine(Engine):
     def _forward(self, input_ids, attention_mask, position_ids, cache, counts) -> torch.Tensor:
         kwargs = {"logits_to_keep": 1} if self._logits_to_keep else {}
         out = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                         past_key_values=cache, use_cache=True, **kwargs)
+                         use_cache=True, **{self._cache_kwarg: cache}, **kwargs)
         counts["forward_passes"] += 1
         return out.logits[:, -1, :].float()  # [rows, vocab]
 
