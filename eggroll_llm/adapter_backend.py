@@ -21,15 +21,35 @@ from .adapter import decay, es_step_coefficients, fold_dense, fold_lowrank, lowr
 from .noise import layer_noise, noise_seed
 from .perturbed import EggrollLinear, Population
 
+SIGMA_SCALES = ("absolute", "weight_rms")
+OPTIMIZERS = ("sgd", "adam")
+ADAM_BETAS, ADAM_EPS = (0.9, 0.999), 1e-8  # Kingma & Ba's defaults
+
 
 class AdapterBackend:
-    """SGD (optionally with momentum and decoupled weight decay of ΔW) on the adapters of EggrollLinear layers."""
+    """SGD (optionally with momentum and decoupled weight decay of ΔW), or Adam on a dense ΔW, on the adapters of
+    EggrollLinear layers.
+
+    `sigma_scale="weight_rms"` gives each layer the noise σ·RMS(W) and the step lr·RMS(W), so one σ and one lr mean
+    the same relative change on every layer (the 1/σ of the estimate is divided out per layer, as for the global σ).
+    `optimizer="adam"` (dense adapters) steps by Adam's normalised moments of the ES gradient instead of the gradient.
+    """
 
     def __init__(self, model: nn.Module, layers: dict[str, EggrollLinear], population: Population, *, lr: float,
-                 momentum: float = 0.0, weight_decay: float = 0.0):
+                 momentum: float = 0.0, weight_decay: float = 0.0, sigma_scale: str = "absolute",
+                 optimizer: str = "sgd"):
+        if sigma_scale not in SIGMA_SCALES:
+            raise ValueError(f"sigma_scale must be one of {', '.join(SIGMA_SCALES)}, got {sigma_scale!r}")
+        if optimizer not in OPTIMIZERS:
+            raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {optimizer!r}")
+        if optimizer == "adam" and (momentum or any(layer.adapter_rank != "full" for layer in layers.values())):
+            raise ValueError("optimizer adam keeps dense moments: use adapter_rank 'full' and momentum 0")
         self.model, self.layers, self.population = model, layers, population
-        self.lr, self.momentum, self.weight_decay = lr, momentum, weight_decay
-        self.velocity: dict[str, tuple[torch.Tensor, ...]] = {}  # momentum buffers, same shape as each adapter
+        self.lr, self.momentum, self.weight_decay, self.optimizer = lr, momentum, weight_decay, optimizer
+        self.velocity: dict[str, tuple[torch.Tensor, ...]] = {}  # momentum (or Adam's m, v), shaped as the adapter
+        for layer in layers.values():
+            layer.noise_scale = (float(layer.base.weight.float().pow(2).mean().sqrt()) if sigma_scale == "weight_rms"
+                                 else 1.0)
 
     def layer_noise(self, layer: EggrollLinear) -> tuple[torch.Tensor, torch.Tensor]:
         """The fp32 factors every member of this step used on `layer`, regenerated from their key."""
@@ -54,10 +74,12 @@ class AdapterBackend:
         sq_norm = 0.0
         for name, layer in self.layers.items():
             A, B = self.layer_noise(layer)                 # A: [P, m, r]  B: [P, n, r]
-            c = coeffs.to(A.device)
+            c = coeffs.to(A.device) * layer.noise_scale    # the layer's relative step (sigma_scale)
             if layer.adapter_rank == "full":
                 g = fold_dense(torch.zeros_like(layer.delta), A, B, c)
-                if self.momentum:
+                if self.optimizer == "adam":
+                    g = self._adam(name, g, pop.step + 1)
+                elif self.momentum:
                     g = self.velocity[name][0] * self.momentum + g if name in self.velocity else g
                     self.velocity[name] = (g,)
                 new = layer.delta * keep + self.lr * g
@@ -77,6 +99,15 @@ class AdapterBackend:
             layer.lora_V.copy_(V)
         return {"update_norm": sq_norm ** 0.5, "fitness_std": float(fitness.std()) if fitness.numel() > 1 else 0.0}
 
+    def _adam(self, name: str, g: torch.Tensor, t: int) -> torch.Tensor:
+        """Adam's bias-corrected m̂ / (√v̂ + ε) of the ES gradient g at step t (1-based); moments kept in velocity."""
+        (b1, b2), layer = ADAM_BETAS, self.layers[name]
+        m, v = self.velocity.get(name, (torch.zeros_like(g), torch.zeros_like(g)))
+        m, v = b1 * m + (1 - b1) * g, b2 * v + (1 - b2) * g * g
+        self.velocity[name] = (m, v)
+        # Adam's step is ~lr per coordinate whatever g's scale: the layer's relative scale enters here again
+        return layer.noise_scale * (m / (1 - b1 ** t)) / ((v / (1 - b2 ** t)).sqrt() + ADAM_EPS)
+
     @contextmanager
     def members(self) -> Iterator[Callable[[int], None]]:
         """`apply(i)` writes member i's perturbed base weights; the exact original weights are written back on exit."""
@@ -94,7 +125,7 @@ class AdapterBackend:
             pair, scale = int(pop.pairs[member]), float(pop.signs[member]) * pop.sigma / pop.rank ** 0.5
             for name, layer in self.layers.items():
                 A, B = self.layer_noise(layer)
-                noise = A[pair] @ B[pair].T                                             # [m, n]
+                noise = A[pair] @ B[pair].T * layer.noise_scale                         # [m, n]
                 layer.base.weight.copy_((centre[name].float() + scale * noise).to(layer.base.weight.dtype))
 
         try:

@@ -88,7 +88,12 @@ class ESConfig:
     lr: float = _help("learning rate α of the ES step (1/σ is divided out, so α does not scale with σ or N)", 0.01)
     momentum: float = _help("SGD momentum (0 = plain SGD, the paper's choice)", 0.0)
     weight_decay: float = _help("decoupled decay of the adapter per step", 0.0)
-    fitness: str = _help("group_centered (paper §6.3) or centered_rank", "group_centered")
+    fitness: str = _help("group_centered (paper §6.3), centered_rank, or none (the summed rewards as they are)",
+                         "group_centered")
+    sigma_scale: str = _help("absolute: every layer's noise is σ and its step lr; weight_rms: σ·RMS(W) and lr·RMS(W) "
+                             "per layer, so one σ is the same relative change everywhere", "absolute")
+    optimizer: str = _help("sgd (the paper's; momentum and weight_decay apply) or adam (Adam's normalised moments of "
+                           "the ES gradient; needs adapter_rank full)", "sgd")
     adapter_rank: int | str = _help("rank R of the fp32 adapter the updates fold into, or 'full' (dense delta)", 8)
     target_modules: list[str] | str | None = _help("PEFT-style names or a regex; default: every linear layer in the "
                                                    "transformer blocks", None)
@@ -324,6 +329,13 @@ def validate(config: EggrollConfig) -> None:
          f"es.weight_decay must be >= 0 with es.lr * es.weight_decay < 1 (each step keeps 1 - lr * weight_decay of "
          f"the adapter), got weight_decay {es.weight_decay} at lr {es.lr}"),
         (es.fitness in FITNESS_METHODS, f"es.fitness must be one of {', '.join(FITNESS_METHODS)}, got {es.fitness!r}"),
+        (es.sigma_scale in ("absolute", "weight_rms"),
+         f"es.sigma_scale must be absolute or weight_rms, got {es.sigma_scale!r}"),
+        (es.optimizer in ("sgd", "adam"), f"es.optimizer must be sgd or adam, got {es.optimizer!r}"),
+        (es.optimizer == "sgd" or (es.adapter_rank == "full" and es.momentum == 0),
+         "es.optimizer adam keeps dense moments: set es.adapter_rank: full and es.momentum: 0"),
+        (es.sigma_scale == "absolute" or config.generation.engine == "hf",
+         "es.sigma_scale weight_rms runs on the hf engine (the vllm engine writes member adapters at one σ)"),
         (config.model.dry_run_random_init or not config.model.dry_run_shrink,
          "model.dry_run_shrink shrinks a random-init model: set model.dry_run_random_init too (or use --dry_run tiny)"),
         (data.task in DATA_TASKS, f"data.task must be one of {', '.join(map(str, DATA_TASKS))} (null: your own "

@@ -74,13 +74,16 @@ class EggrollES:
                  adapter_rank: int | str | None = None, strategy: Strategy | None = None, antithetic: bool = True,
                  noise_reuse: int = 1, seed: int = 0, target_modules: list[str] | str | None = None,
                  param_filter: Callable[[str, nn.Parameter], bool] | None = None, momentum: float = 0.0,
-                 weight_decay: float = 0.0, fitness: str = "group_centered"):
+                 weight_decay: float = 0.0, fitness: str = "group_centered", sigma_scale: str = "absolute",
+                 optimizer: str = "sgd"):
         check_fitness_method(fitness)
         check_optimizer(lr, momentum, weight_decay)
         self.model, self.fitness, self.step_index, self.merged = model, fitness, 0, False
         self.population = Population(population_size=population_size, sigma=sigma, rank=rank, antithetic=antithetic,
                                      seed=seed, noise_reuse=noise_reuse)
-        optimizer = dict(lr=lr, momentum=momentum, weight_decay=weight_decay)
+        optimizer_settings = dict(lr=lr, momentum=momentum, weight_decay=weight_decay)
+        if adapter_rank is None and (sigma_scale, optimizer) != ("absolute", "sgd"):
+            raise ValueError("sigma_scale and optimizer are adapter-mode settings (adapter_rank=...)")
         if adapter_rank is None:
             if strategy is not None and rank != 1:
                 raise ValueError(f"rank={rank} is EGGROLL's default strategy setting; with strategy= give the rank to "
@@ -88,7 +91,7 @@ class EggrollES:
             self.strategy = EggrollStrategy(rank) if strategy is None else strategy
             self.targets = select_targets(model, target_modules, param_filter)
             self.layers = {}
-            self.backend = InPlaceBackend(model, self.population, self.strategy, self.targets, **optimizer)
+            self.backend = InPlaceBackend(model, self.population, self.strategy, self.targets, **optimizer_settings)
         else:
             if strategy is not None or param_filter is not None:
                 raise ValueError("adapter mode (adapter_rank=...) is EGGROLL on the nn.Linear layers that "
@@ -96,7 +99,8 @@ class EggrollES:
                                  "(adapter_rank=None)")
             self.strategy, self.targets = EggrollStrategy(rank), {}
             self.layers = attach_eggroll(model, self.population, target_modules, adapter_rank)
-            self.backend = AdapterBackend(model, self.layers, self.population, **optimizer)
+            self.backend = AdapterBackend(model, self.layers, self.population, sigma_scale=sigma_scale,
+                                          optimizer=optimizer, **optimizer_settings)
 
     @classmethod
     def from_config(cls, model: nn.Module, es, seed: int) -> EggrollES:
@@ -104,7 +108,7 @@ class EggrollES:
         return cls(model, population_size=es.population_size, sigma=es.sigma, lr=es.lr, rank=es.rank,
                    adapter_rank=es.adapter_rank, antithetic=es.antithetic, noise_reuse=es.noise_reuse, seed=seed,
                    target_modules=es.target_modules, momentum=es.momentum, weight_decay=es.weight_decay,
-                   fitness=es.fitness)
+                   fitness=es.fitness, sigma_scale=es.sigma_scale, optimizer=es.optimizer)
 
     def ask(self) -> Population:
         """Begin step `step_index`: the population now carries this step's noise (rows: set them per forward)."""

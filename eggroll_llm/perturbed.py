@@ -161,6 +161,8 @@ class EggrollLinear(nn.Module):
         # W + ΔW may stand in for W only where forward is exactly F.linear(x, W, b), not in a subclass of nn.Linear
         self._mergeable = type(base) is nn.Linear
         self._rows_cache: tuple[tuple, tuple[torch.Tensor, torch.Tensor] | None] = _NO_ROWS
+        # this layer's σ is population.sigma × noise_scale: 1, or the RMS of W with sigma_scale "weight_rms"
+        self.noise_scale = 1.0
 
     @property
     def adapter_rank(self) -> int | str:
@@ -278,6 +280,7 @@ class EggrollLinear(nn.Module):
             A, B = self.population.noise(self.layer_index, m, n, device, dtype)   # A: [P, m, r]  B: [P, n, r]
             pairs, scales = self.population.row_factors(device)                  # [batch], [batch]
             left_t = B[pairs].transpose(1, 2)                                     # [batch, r, n]
+            scales = scales * self.noise_scale                                   # per-layer σ (sigma_scale)
             right = (A[pairs] * scales.to(dtype)[:, None, None]).transpose(1, 2)  # [batch, r, m]
             self._rows_cache = (key, (left_t.contiguous(), right.contiguous()))
         return self._rows_cache[1]

@@ -354,3 +354,56 @@ def test_merge_returns_the_plain_model_computing_the_same(setup):
     assert list(plain.state_dict()) == list(mlp(hidden=8).state_dict())
     with pytest.raises(RuntimeError, match="merged"):
         es.step(lambda m: 0.0)
+
+
+def test_weight_rms_sigma_scales_each_layers_noise_and_step():
+    """sigma_scale weight_rms: member i's layer l is W + s_i σ·RMS(W_l)/√r A Bᵀ, and the step is lr·RMS(W_l)·g."""
+    X = torch.randn(5, 2, generator=torch.Generator().manual_seed(0))
+    kw = dict(population_size=4, sigma=0.1, lr=0.2, adapter_rank="full", seed=2, fitness="none")
+    plain, scaled = EggrollES(mlp(hidden=8), **kw), EggrollES(mlp(hidden=8), sigma_scale="weight_rms", **kw)
+    rms = {name: float(layer.base.weight.pow(2).mean().sqrt()) for name, layer in scaled.layers.items()}
+    assert len(set(rms.values())) == len(rms)  # the layers differ in scale, so the check below can fail
+    population = scaled.ask()
+    for member in range(4):  # batched forward == the member's materialised weights
+        ref = copy.deepcopy(scaled.model)  # rows unset: the copy runs as the centre plus what is written below
+        population.set_rows([member])
+        with torch.no_grad():
+            got = scaled.model(X[None])[0]
+            pair, sign = member_pairs(4, True)[0][member], member_pairs(4, True)[1][member]
+            for name, layer in scaled.layers.items():
+                A, B = layer_noise(noise_seed(2, 0, 1, layer.layer_index), 2, layer.out_features, layer.in_features,
+                                   1, "cpu")
+                ref.get_submodule(name).base.weight += sign * 0.1 * rms[name] * A[pair] @ B[pair].T
+            population.set_rows(None)
+            torch.testing.assert_close(got, ref(X), atol=1e-6, rtol=1e-5)
+    fitness = torch.tensor([1.0, -0.5, 0.3, 0.8])
+    plain.tell(fitness)
+    scaled.tell(fitness)
+    for name in plain.layers:
+        torch.testing.assert_close(scaled.layers[name].delta, rms[name] * plain.layers[name].delta)
+
+
+def test_adam_on_the_es_gradient_resumes_exactly_and_needs_a_dense_adapter():
+    X, y = circles(64)
+    kw = dict(population_size=8, sigma=0.1, lr=0.05, adapter_rank="full", seed=0, optimizer="adam",
+              fitness="centered_rank")
+    score = lambda model, population: -member_losses(model, population, X, y)  # noqa: E731
+    whole = EggrollES(mlp(), **kw)
+    for _ in range(4):
+        whole.tell(whole.evaluate(score))
+    first = EggrollES(mlp(), **kw)
+    for _ in range(2):
+        first.tell(first.evaluate(score))
+    resumed = EggrollES(mlp(), **kw)
+    resumed.load_state_dict(copy.deepcopy(first.state_dict()))
+    for _ in range(2):
+        resumed.tell(resumed.evaluate(score))
+    for name, layer in whole.layers.items():
+        torch.testing.assert_close(resumed.layers[name].delta, layer.delta, atol=1e-7, rtol=0)
+    first_step = EggrollES(mlp(), **{**kw, "fitness": "none"})
+    first_step.tell(torch.tensor([1.0, -1.0, 0.5, -0.5, 0.2, -0.2, 2.0, -2.0]))
+    for layer in first_step.layers.values():  # Adam's first step is ±lr in every coordinate the gradient touches
+        moved = layer.delta[layer.delta.abs() > 1e-9].abs()
+        torch.testing.assert_close(moved, torch.full_like(moved, 0.05), rtol=1e-4, atol=0)
+    with pytest.raises(ValueError, match="optimizer adam keeps dense moments"):
+        EggrollES(mlp(), population_size=4, sigma=0.1, lr=0.1, adapter_rank=8, optimizer="adam")
