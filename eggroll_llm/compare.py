@@ -22,6 +22,7 @@ import yaml
 
 from .budget import AXES, Axis, flops_curve
 from .compare_report import groups_table, render_report, winners_table, write_plots
+from .config import flatten
 from .io import atomic_directory, atomic_write_text, check_output_folder
 from .runlog import MetricsLog
 from .stats import CONFIDENCE, Interval, bootstrap_interval, mcnemar_exact, mean_interval, normalised_area, pick_winner
@@ -107,16 +108,6 @@ def choose_metric(runs: list[Run]) -> str:
     raise CompareError("the runs share no held-out metric (eval_accuracy or eval_reward): "
                        + "; ".join(f"{r.path} has {', '.join(m for m in METRICS if r.evals(m)) or 'none'}"
                                    for r in runs))
-
-
-def flatten(config: dict, prefix: str = "") -> dict:
-    out = {}
-    for key, value in config.items():
-        if isinstance(value, dict):
-            out.update(flatten(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
 
 
 def recipe_of(config: dict) -> dict:

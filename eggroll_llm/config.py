@@ -385,6 +385,17 @@ def _lookup(config, dotted: str):
     return node
 
 
+def flatten(values: dict, prefix: str = "") -> dict:
+    """A nested config dict as dotted keys: {"es": {"sigma": 0.1}} -> {"es.sigma": 0.1}."""
+    out = {}
+    for key, value in values.items():
+        if isinstance(value, dict):
+            out.update(flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
 def to_dict(config) -> dict:
     return dataclasses.asdict(config)
 

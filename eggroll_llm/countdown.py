@@ -90,24 +90,10 @@ def split_of(nums: Sequence[int], target: int) -> str:
 
 def make_split(split: str, n: int, seed: int = 0, difficulty: Difficulty = Difficulty()) -> list[dict[str, Any]]:
     """`n` distinct problems of `split`, deterministic in (split, n, seed, difficulty)."""
-    if split not in SPLITS:
-        raise ValueError(f"unknown countdown split {split!r}; choose one of {', '.join(SPLITS)}")
-    if n < 1:
-        raise ValueError(f"countdown needs n >= 1 problems, got {n}")
-    rng = random.Random(f"countdown/{split}/{seed}")
-    rows, seen, tries = [], set(), 0
-    while len(rows) < n:
-        tries += 1
-        if tries > 200 * n + 10_000:
-            raise ValueError(f"countdown could only find {len(rows)} distinct {split} problems of this difficulty; "
-                             "ask for fewer or widen the difficulty knobs")
-        row = generate_problem(rng, difficulty)
-        key = (tuple(sorted(row["nums"])), row["target"])
-        if key in seen or split_of(row["nums"], row["target"]) != split:
-            continue
-        seen.add(key)
-        rows.append(row)
-    return rows
+    return tiny_arith.sample_split("countdown", split, n, random.Random(f"countdown/{split}/{seed}"),
+                                   lambda rng: generate_problem(rng, difficulty),
+                                   key=lambda row: (tuple(sorted(row["nums"])), row["target"]),
+                                   split_of_row=lambda row: split_of(row["nums"], row["target"]))
 
 
 def countdown_prompt(nums: Sequence[int], target: int) -> str:

@@ -22,7 +22,6 @@ Budget accounting counts what TRL generated, not an estimate: the reward functio
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import json
 import time
@@ -33,14 +32,14 @@ from pathlib import Path
 import torch
 from transformers import TrainerCallback, TrainingArguments
 
-from .config import ConfigError, EggrollConfig, to_dict, validate
+from .config import ConfigError, EggrollConfig, to_dict
 from .engine.hf import HFEngine
 from .evaluate import held_out_metrics
 from .fitness import check_scores
-from .inputs import PromptSet, RewardSet, prompt_budget
+from .inputs import PromptSet, RewardSet, model_and_tokenizer, prompt_budget, run_config
 from .interrupt import Interrupted, StopSignals
 from .io import atomic_directory
-from .models import default_device, load_base, load_tokenizer
+from .models import default_device
 from .rundir import prepare_run_dir
 from .runlog import MetricsLog, RunTotals, open_trackers, peak_memory_mb
 
@@ -189,17 +188,9 @@ class GRPOBaselineTrainer:
         args = args or EggrollConfig(method="grpo")
         check_grpo(args)
         self.rewards = RewardSet(reward_funcs, args.reward_weights)
-        name = model if isinstance(model, str) else getattr(model, "name_or_path", "") or args.model.name
-        self.args = args = dataclasses.replace(args, rewards=self.rewards.names,
-                                               model=dataclasses.replace(args.model, name=name))
-        validate(args)
+        self.args = args = run_config(args, model, self.rewards)
         self.device = default_device(args.model.device)
-        if isinstance(model, str):
-            model, loaded_tokenizer = load_base(args.model, self.device, args.seed)
-            processing_class = processing_class or loaded_tokenizer
-        self.model = model
-        self.tokenizer = processing_class or load_tokenizer(args.model.name,
-                                                            trust_remote_code=args.model.trust_remote_code)
+        self.model, self.tokenizer = model_and_tokenizer(model, processing_class, args, self.device)
         budget = prompt_budget(self.model, args.generation.max_new_tokens)
         PromptSet(train_dataset, self.tokenizer, "train_dataset", budget)  # prompts render and fit the context
         self.train_dataset = train_dataset  # TRL reads it as it is

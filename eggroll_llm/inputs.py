@@ -10,15 +10,17 @@ them (rendered through the chat template and tokenised, checked against the mode
 
 from __future__ import annotations
 
+import dataclasses
 import warnings
 from collections.abc import Callable, Sequence
 
 import datasets
 import torch
 
-from .config import ConfigError
+from .config import ConfigError, EggrollConfig, validate
 from .data import DataError, check_prompts, render_prompt
 from .fitness import check_scores
+from .models import load_base, load_tokenizer
 from .rewards import RewardError, resolve_reward, reward_name
 
 
@@ -120,6 +122,25 @@ def fit_prompts(ids: list[list[int]], budget: int, policy: str, source: str) -> 
                   f"completion budget (the first: row {first + 1}, {len(ids[first]):,} tokens); keeping their last "
                   f"{budget:,} tokens (data.long_prompts: truncate)", stacklevel=2)
     return [prompt[-budget:] if len(prompt) > budget else prompt for prompt in ids]
+
+
+def run_config(args: EggrollConfig, model, rewards: RewardSet) -> EggrollConfig:
+    """The run's config as config.yaml records it: `args` with the model's name and the reward names actually given
+    (a model object is named by its name_or_path, as an export names its base), validated."""
+    name = model if isinstance(model, str) else getattr(model, "name_or_path", "") or args.model.name
+    args = dataclasses.replace(args, rewards=rewards.names, model=dataclasses.replace(args.model, name=name))
+    validate(args)
+    return args
+
+
+def model_and_tokenizer(model, processing_class, args: EggrollConfig, device: str):
+    """(model, tokenizer) of a trainer: a name is loaded with args.model's settings (or built at random for a dry
+    run); the tokenizer is `processing_class`, else the one of the model's name."""
+    if isinstance(model, str):
+        model, loaded = load_base(args.model, device, args.seed)
+        processing_class = processing_class or loaded
+    tokenizer = processing_class or load_tokenizer(args.model.name, trust_remote_code=args.model.trust_remote_code)
+    return model, tokenizer
 
 
 def _unique(labels: list[str]) -> list[str]:

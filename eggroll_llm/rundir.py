@@ -22,7 +22,7 @@ from pathlib import Path
 import yaml
 from filelock import FileLock, Timeout
 
-from .config import RUN_ONLY_KEYS, EggrollConfig, to_dict
+from .config import RUN_ONLY_KEYS, EggrollConfig, flatten, to_dict
 from .io import atomic_write_text
 
 LOCK_FILE, HOLDER_FILE = ".lock", ".lock.holder"
@@ -32,19 +32,9 @@ class RunDirBusy(ValueError):
     """Another process holds the run directory's lock."""
 
 
-def _flatten(values: dict, prefix: str = "") -> dict:
-    out = {}
-    for key, value in values.items():
-        if isinstance(value, dict):
-            out.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
-
-
 def changed_keys(saved: dict, config: EggrollConfig) -> list[str]:
     """`key: saved → now` for every recipe key (run-only keys aside) where `config` differs from a saved config."""
-    before, now = _flatten(saved), _flatten(to_dict(config))
+    before, now = flatten(saved), flatten(to_dict(config))
     return [f"{key}: {before.get(key)!r} → {now.get(key)!r}" for key in sorted(set(before) | set(now))
             if key.split(".")[0] not in RUN_ONLY_KEYS and before.get(key) != now.get(key)]
 

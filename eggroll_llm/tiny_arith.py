@@ -100,20 +100,27 @@ def split_of(question: str) -> str:
 
 def make_split(split: str, n: int, seed: int = 0, difficulty: Difficulty = Difficulty()) -> list[dict[str, str]]:
     """`n` distinct problems of `split`, deterministic in (split, n, seed, difficulty)."""
+    return sample_split("tiny-arith", split, n, random.Random(f"tiny-arith/{split}/{seed}"),
+                        lambda rng: generate_problem(rng, difficulty),
+                        key=lambda row: row["question"], split_of_row=lambda row: split_of(row["question"]))
+
+
+def sample_split(task: str, split: str, n: int, rng: random.Random, draw, key, split_of_row) -> list[dict]:
+    """`n` rows `draw(rng)` whose `key` is new and whose `split_of_row` is `split`, in drawing order: a generated
+    task's disjoint splits (tiny-arith; countdown.py draws its problems the same way)."""
     if split not in SPLITS:
-        raise ValueError(f"unknown tiny-arith split {split!r}; choose one of {', '.join(SPLITS)}")
+        raise ValueError(f"unknown {task} split {split!r}; choose one of {', '.join(SPLITS)}")
     if n < 1:
-        raise ValueError(f"tiny-arith needs n >= 1 problems, got {n}")
-    rng = random.Random(f"tiny-arith/{split}/{seed}")
+        raise ValueError(f"{task} needs n >= 1 problems, got {n}")
     rows, seen, tries = [], set(), 0
     while len(rows) < n:
         tries += 1
         if tries > 200 * n + 10_000:
-            raise ValueError(f"tiny-arith could only find {len(rows)} distinct {split} problems of this difficulty; "
+            raise ValueError(f"{task} could only find {len(rows)} distinct {split} problems of this difficulty; "
                              "ask for fewer or widen the difficulty knobs")
-        row = generate_problem(rng, difficulty)
-        if row["question"] in seen or split_of(row["question"]) != split:
+        row = draw(rng)
+        if key(row) in seen or split_of_row(row) != split:
             continue
-        seen.add(row["question"])
+        seen.add(key(row))
         rows.append(row)
     return rows

@@ -17,7 +17,6 @@ Shaped like TRL's GRPOTrainer:
 
 from __future__ import annotations
 
-import dataclasses
 import signal
 import time
 from dataclasses import asdict
@@ -27,15 +26,15 @@ import torch
 from tqdm.auto import tqdm
 
 from .checkpoint import checkpoint_step, list_checkpoints, load_checkpoint, save_checkpoint
-from .config import ConfigError, EggrollConfig, to_dict, validate
+from .config import ConfigError, EggrollConfig, to_dict
 from .distributed import init_processes, shard_rows, shard_seed
 from .engine import SamplingParams, get_engine
 from .es import EggrollES, population_layout
 from .evaluate import held_out_metrics
 from .export import base_model_id, export_peft_adapter, load_peft_adapter
-from .inputs import PromptSet, RewardSet, prompt_budget
+from .inputs import PromptSet, RewardSet, model_and_tokenizer, prompt_budget, run_config
 from .interrupt import Interrupted, StopSignals
-from .models import default_device, load_base, load_tokenizer
+from .models import default_device
 from .rundir import prepare_run_dir
 from .runlog import MetricsLog, RunTotals, open_trackers, peak_memory_mb
 
@@ -55,18 +54,6 @@ def prompt_indices(num_examples: int, step: int, count: int, seed: int) -> list[
     return out
 
 
-def resolve_args(args: EggrollConfig | None, model, reward_names: list[str]) -> EggrollConfig:
-    """The run's config as config.yaml records it: `args` (validated) with the model and rewards actually given."""
-    args = args or EggrollConfig()
-    if args.method != "eggroll":
-        raise ConfigError(f"args.method is {args.method!r}; EggrollTrainer runs method: eggroll (the GRPO baseline "
-                          "is grpo.GRPOBaselineTrainer)")
-    name = model if isinstance(model, str) else getattr(model, "name_or_path", "") or args.model.name
-    args = dataclasses.replace(args, rewards=reward_names, model=dataclasses.replace(args.model, name=name))
-    validate(args)
-    return args
-
-
 class EggrollTrainer:
     """EGGROLL fine-tuning of a causal LM against reward functions, TRL GRPOTrainer-style.
 
@@ -80,17 +67,16 @@ class EggrollTrainer:
 
     def __init__(self, model, reward_funcs, train_dataset, eval_dataset=None, args: EggrollConfig | None = None,
                  processing_class=None):
-        self.rewards = RewardSet(reward_funcs, args.reward_weights if args is not None else None)
-        self.args = args = resolve_args(args, model, self.rewards.names)
+        args = args or EggrollConfig()
+        if args.method != "eggroll":
+            raise ConfigError(f"args.method is {args.method!r}; EggrollTrainer runs method: eggroll (the GRPO "
+                              "baseline is grpo.GRPOBaselineTrainer)")
+        self.rewards = RewardSet(reward_funcs, args.reward_weights)
+        self.args = args = run_config(args, model, self.rewards)
         self.processes = init_processes(args.distributed_timeout_s,
                                         cpu=default_device(args.model.device).startswith("cpu"))
         self.device = self.processes.device(args.model.device)
-        if isinstance(model, str):
-            model, loaded_tokenizer = load_base(args.model, self.device, args.seed)
-            processing_class = processing_class or loaded_tokenizer
-        self.model = model
-        self.tokenizer = processing_class or load_tokenizer(args.model.name,
-                                                            trust_remote_code=args.model.trust_remote_code)
+        self.model, self.tokenizer = model_and_tokenizer(model, processing_class, args, self.device)
         fit = dict(max_prompt_tokens=prompt_budget(self.model, args.generation.max_new_tokens),
                    long_prompts=args.data.long_prompts)
         self.train_set = PromptSet(train_dataset, self.tokenizer, "train_dataset", **fit)

@@ -16,6 +16,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
 
 from eggroll_llm import grpo as grpo_module
+from eggroll_llm import inputs as inputs_module
 from eggroll_llm import recipe as recipe_module
 from eggroll_llm import tiny_arith
 from eggroll_llm.compare import compare
@@ -141,7 +142,7 @@ def test_bad_batch_is_refused_before_any_work(bad, message, model_name, data_dir
     def no_loading(*args, **kwargs):
         raise AssertionError("loaded a model or data before refusing the GRPO settings")
 
-    for module, name in ((grpo_module, "load_base"), (grpo_module, "prepare_run_dir"),
+    for module, name in ((inputs_module, "load_base"), (grpo_module, "prepare_run_dir"),
                          (recipe_module, "task_dataset"), (recipe_module, "base_tokenizer")):
         monkeypatch.setattr(module, name, no_loading)
     config = make_config(model_name, data_dir, tmp_path / "run", grpo={"lora_rank": 4, **bad})
