@@ -12,6 +12,8 @@
 # Paths are relative to the repository root. Writes RUNS_DIR/{eggroll,grpo}-seedS (default runs/compare-DATE),
 # RESULTS (default evals/results/tiny-arith-compare/: report.md, PNGs, summary.json; a previous report there is
 # replaced) and RESULTS.json (the summary, answer styles of the base model and of every run, the machine, the command).
+# Rerunning with the same RUNS_DIR keeps every run that finished (its log ends "run written to") and starts again
+# any run that was interrupted, so a stopped script picks up where it left off.
 set -euo pipefail
 usage="usage: bash evals/tiny_arith_compare.sh [--seeds K] [--eval-limit N] [--results DIR] [RUNS_DIR] [-- OVERRIDE…]"
 command="bash evals/tiny_arith_compare.sh $*"
@@ -39,15 +41,20 @@ cd "$(dirname "$0")/.."
 runs=${runs:-runs/compare-$(date +%Y%m%d-%H%M%S)}
 mkdir -p "$runs"
 export OMP_NUM_THREADS=1
-train() {  # train METHOD SEED: one run, in the background
+finished() { tail -n 1 "$runs/$1-seed$2.log" 2> /dev/null | grep -q '^run written to'; }
+train() {  # train METHOD SEED: one run in the background, its pid in $pid (none when it already finished)
+  pid=""
+  if finished "$1" "$2"; then echo "keeping $runs/$1-seed$2 (finished)"; return; fi
+  rm -rf "${runs:?}/$1-seed$2"  # an interrupted run starts again from scratch, at the same seed
   eggroll-llm train "recipes/tiny-arith-$1.yaml" --seed "$2" --output_dir "$runs/$1-seed$2" \
     --data.eval_limit "$limit" --no-progress "${overrides[@]}" > "$runs/$1-seed$2.log" 2>&1 &
+  pid=$!
 }
 for ((seed = 0; seed < seeds; seed++)); do
-  train eggroll "$seed"; eggroll=$!
-  train grpo "$seed"; grpo=$!
-  wait $eggroll || { echo "EGGROLL seed $seed failed: see $runs/eggroll-seed$seed.log" >&2; exit 1; }
-  wait $grpo || { echo "GRPO seed $seed failed: see $runs/grpo-seed$seed.log" >&2; exit 1; }
+  train eggroll "$seed"; eggroll=$pid
+  train grpo "$seed"; grpo=$pid
+  [[ -z $eggroll ]] || wait $eggroll || { echo "EGGROLL seed $seed failed: see $runs/eggroll-seed$seed.log" >&2; exit 1; }
+  [[ -z $grpo ]] || wait $grpo || { echo "GRPO seed $seed failed: see $runs/grpo-seed$seed.log" >&2; exit 1; }
 done
 dirs=()
 for m in eggroll grpo; do
