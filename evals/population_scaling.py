@@ -4,7 +4,8 @@ For each population size N the recipe runs with the same rows per step (members 
 same distinct prompts per step (groups of --group members share their prompts), so N trades prompts per member for
 members: N = 32 answers 32 prompts each, N = 1024 one each. Each N first gets a short learning-rate sweep
 (--lrs, --sweep-wall seconds each), then a full run (--wall seconds) at the lr whose sweep run ended with the best
-held-out accuracy (with a single --lrs value there is no sweep). Runs go --parallel at a time, one CPU thread each.
+held-out accuracy (with a single --lrs value there is no sweep; --lr runs every N at one lr and still records the
+sweep). Runs go --parallel at a time, one CPU thread each.
 
 Writes the run directories to RUNS (default runs/OUT-NAME/); OUT/scaling.json (every run's curve, the sweep, the
 chosen lr, the gain per N, the machine and the command), OUT/accuracy_vs_wall.png (held-out accuracy vs wall-clock
@@ -12,7 +13,7 @@ per N) and OUT/gain_vs_population.png (held-out gain at the end of the budget vs
 
     bash evals/population_scaling.sh          # both targets, as recorded
     python evals/population_scaling.py --recipe recipes/tiny-arith-eggroll-blocks.yaml \
-        --out evals/results/population-scaling-blocks --lrs 0.01,0.05
+        --out evals/results/population-scaling-blocks --lrs 0.5,1 --sweep-wall 100 --lr 1
 """
 
 from __future__ import annotations
@@ -39,6 +40,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--rows", type=int, default=1024, help="rows per step, N x prompts per member")
     parser.add_argument("--group", type=int, default=32, help="members that share their prompts (a fitness group)")
     parser.add_argument("--lrs", default="0.01,0.03,0.1", help="learning rates of the sweep, comma-separated")
+    parser.add_argument("--lr", type=float, help="run every N at this lr after the sweep, whatever the sweep chose "
+                        "(for a sweep too short to separate the lrs; the sweep is still run and recorded)")
     parser.add_argument("--sweep-wall", type=float, default=150.0, help="training seconds of each sweep run")
     parser.add_argument("--wall", type=float, default=600.0, help="training seconds of each full run")
     parser.add_argument("--parallel", type=int, default=2, help="runs at once (one CPU thread each)")
@@ -54,18 +57,27 @@ def layout(n: int, rows: int, group: int) -> list[str]:
             "--es.members_per_prompt", str(min(group, n))]
 
 
+def finished(metrics: Path, wall: float) -> bool:
+    """A run is finished once its last record reached the wall-clock budget (an interrupted one also has adapter/)."""
+    lines = metrics.read_text().splitlines() if metrics.is_file() else []
+    try:
+        return bool(lines) and json.loads(lines[-1])["wall_s"] >= wall
+    except json.JSONDecodeError:  # a torn last line: the run was killed mid-write
+        return False
+
+
 def train(args, run: Path, n: int, lr: float, wall: float) -> list[dict]:
     """One run (skipped when it already finished: the study resumes where it stopped); its metrics records."""
     metrics = run / "metrics.jsonl"
-    if not (run / "adapter").is_dir():
+    if not finished(metrics, wall):
         command = ["eggroll-llm", "train", str(args.recipe), "--output_dir", str(run), "--seed", str(args.seed),
                    "--max_wall_s", str(wall), "--max_steps", "100000", "--es.lr", str(lr), "--no-progress",
                    *layout(n, args.rows, args.group), *args.overrides]
         if run.exists():
             command.append("--resume")
-        log = run.with_suffix(".log")
+        log = run.parent / f"{run.name}.log"  # not with_suffix: "lr0.5" has a dot
         log.parent.mkdir(parents=True, exist_ok=True)
-        with log.open("w") as handle:
+        with log.open("a") as handle:  # a resumed run keeps the log of its first part
             done = subprocess.run(command, stdout=handle, stderr=subprocess.STDOUT,
                                   env={**os.environ, "OMP_NUM_THREADS": "1"})
         if done.returncode:
@@ -116,13 +128,15 @@ def main(argv: list[str] | None = None) -> None:
                       for n in sizes for lr in lrs if len(lrs) > 1}
         sweep = {key: job.result() for key, job in sweep_jobs.items()}
         chosen = {n: max(lrs, key=lambda lr: (curve(sweep[n, lr])[-1][1], -lr) if sweep else 0) for n in sizes}
-        full_jobs = {n: pool.submit(train, args, runs / f"N{n}", n, chosen[n], args.wall) for n in sizes}
+        used = {n: chosen[n] if args.lr is None else args.lr for n in sizes}
+        full_jobs = {n: pool.submit(train, args, runs / f"N{n}-lr{used[n]:g}", n, used[n], args.wall) for n in sizes}
         full = {n: job.result() for n, job in full_jobs.items()}
     results = {}
     for n in sizes:
         points = curve(full[n])
         start, final, best = points[0][1], points[-1][1], max(a for _, a in points)
-        results[str(n)] = {"lr": chosen[n], "prompts_per_member": args.rows // n, "steps": full[n][-1]["step"],
+        results[str(n)] = {"lr": used[n], "sweep_choice": chosen[n], "prompts_per_member": args.rows // n,
+                           "steps": full[n][-1]["step"],
                            "start": start, "final": final, "best": best, "gain_final": final - start,
                            "gain_best": best - start, "curve": points,
                            "sweep": {f"{lr:g}": curve(sweep[n, lr])[-1][1] for lr in lrs if sweep}}
