@@ -291,6 +291,7 @@ def _finite_floats(node, prefix: str = "") -> list[str]:
 
 def validate(config: EggrollConfig) -> None:
     """Cross-field checks, raised before any work starts (and before anything is written)."""
+    from .adapter_backend import OPTIMIZERS, SIGMA_SCALES
     from .fitness import FITNESS_METHODS
 
     es, gen, data = config.es, config.generation, config.data
@@ -329,9 +330,9 @@ def validate(config: EggrollConfig) -> None:
          f"es.weight_decay must be >= 0 with es.lr * es.weight_decay < 1 (each step keeps 1 - lr * weight_decay of "
          f"the adapter), got weight_decay {es.weight_decay} at lr {es.lr}"),
         (es.fitness in FITNESS_METHODS, f"es.fitness must be one of {', '.join(FITNESS_METHODS)}, got {es.fitness!r}"),
-        (es.sigma_scale in ("absolute", "weight_rms"),
-         f"es.sigma_scale must be absolute or weight_rms, got {es.sigma_scale!r}"),
-        (es.optimizer in ("sgd", "adam"), f"es.optimizer must be sgd or adam, got {es.optimizer!r}"),
+        (es.sigma_scale in SIGMA_SCALES,
+         f"es.sigma_scale must be {' or '.join(SIGMA_SCALES)}, got {es.sigma_scale!r}"),
+        (es.optimizer in OPTIMIZERS, f"es.optimizer must be {' or '.join(OPTIMIZERS)}, got {es.optimizer!r}"),
         (es.optimizer == "sgd" or (es.adapter_rank == "full" and es.momentum == 0),
          "es.optimizer adam keeps dense moments: set es.adapter_rank: full and es.momentum: 0"),
         (es.sigma_scale == "absolute" or config.generation.engine == "hf",
