@@ -100,6 +100,13 @@ def fold_lowrank(U: Tensor, V: Tensor, A: Tensor, B: Tensor, coeffs: Tensor, ran
     return _balanced(Q1 @ Uc[:, :k], S, Q2 @ Vch[:k].mT, rank)
 
 
+def fold_step_lowrank(U: Tensor, V: Tensor, step: Tensor, rank: int) -> tuple[Tensor, Tensor]:
+    """Best rank-`rank` factors of U Vᵀ + step, for a dense step [m, n] (a full-rank strategy's, or an optimizer's
+    direction that is not a sum of the noise factors)."""
+    Ud, S, Vd = _top_svd(torch.addmm(step.to(torch.float32), U.to(torch.float32), V.to(torch.float32).mT), rank)
+    return _balanced(Ud, S, Vd, rank)
+
+
 def fold_dense(delta: Tensor, A: Tensor, B: Tensor, coeffs: Tensor) -> Tensor:
     """delta + Σ_k coeffs_k A_k B_kᵀ → [m, n], exactly (adapter_rank: full, the paper's full-parameter mode)."""
     m, n = delta.shape

@@ -1,62 +1,32 @@
-"""The adapter mode of es.EggrollES: target nn.Linear layers keep their weights W and learn an fp32 adapter ΔW.
+"""Where θ lives, adapter mode: target nn.Linear layers keep their weights W and learn an fp32 adapter ΔW beside it.
 
-docs/design.md §1/§3: after the population is scored, the fitness-weighted noise factors are folded into each target
-layer's adapter: ΔW += lr · g with g = 1/(N√r) Σ_k c_k A_k B_kᵀ (1/σ divided out). Noise is regenerated from its key
-here, never kept from the forward passes. The LLM trainer, export, bench and the diagnostics use this mode (the
-recipe's `es.adapter_rank`); the generic layer's default is the in-place mode (inplace.py).
+The LLM trainer's default (the recipe's `es.adapter_rank`), and the generic layer's with `adapter_rank=R|"full"`.
+The step's noise, the per-member writes and the update are the ES core's (es.py), shared with the in-place mode;
+this store only says how ΔW takes a step (docs/design.md §3):
 
-The per-member scoring path writes member i's W + s_i (σ/√r) A_k B_kᵀ into each wrapped layer's weight (the layer
-adds ΔW itself), from a copy of W taken once, and writes that copy back on exit.
+- dense ΔW (`adapter_rank: full`): ΔW ← (1 − lr·wd) ΔW + lr·d, d the optimizer's direction of the ES gradient g;
+- low-rank ΔW = U Vᵀ (rank R): the step is folded in and truncated back to rank R (adapter.fold_lowrank). With SGD
+  on low-rank noise the fold takes the noise factors as they are, g = Σ_k c_k A_k B_kᵀ (exact and cheap), and
+  momentum keeps a rank-R velocity; any other optimizer or strategy gives a dense step, folded the same way.
+
+The batched forward is EggrollLinear's (perturbed.py): it reads the same population noise as everything else.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-
 import torch
 from torch import nn
 
-from .adapter import decay, es_step_coefficients, fold_dense, fold_lowrank, lowrank_change_norm
-from .noise import layer_noise, noise_seed
-from .perturbed import EggrollLinear, Population
-
-SIGMA_SCALES = ("absolute", "weight_rms")
-OPTIMIZERS = ("sgd", "adam")
-ADAM_BETAS, ADAM_EPS = (0.9, 0.999), 1e-8  # Kingma & Ba's defaults
+from .adapter import decay, fold_dense, fold_lowrank, fold_step_lowrank, lowrank_change_norm
+from .optim import SGD, Optimizer
+from .perturbed import EggrollLinear
+from .strategy import LowRankNoise, Target, lowrank_sum
 
 
-class AdapterBackend:
-    """SGD (optionally with momentum and decoupled weight decay of ΔW), or Adam on a dense ΔW, on the adapters of
-    EggrollLinear layers.
-
-    `sigma_scale="weight_rms"` gives each layer the noise σ·RMS(W) and the step lr·RMS(W), so one σ and one lr mean
-    the same relative change on every layer (the 1/σ of the estimate is divided out per layer, as for the global σ).
-    `optimizer="adam"` (dense adapters) steps by Adam's normalised moments of the ES gradient instead of the gradient.
-    """
-
-    def __init__(self, model: nn.Module, layers: dict[str, EggrollLinear], population: Population, *, lr: float,
-                 momentum: float = 0.0, weight_decay: float = 0.0, sigma_scale: str = "absolute",
-                 optimizer: str = "sgd"):
-        if sigma_scale not in SIGMA_SCALES:
-            raise ValueError(f"sigma_scale must be one of {', '.join(SIGMA_SCALES)}, got {sigma_scale!r}")
-        if optimizer not in OPTIMIZERS:
-            raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {optimizer!r}")
-        if optimizer == "adam" and (momentum or any(layer.adapter_rank != "full" for layer in layers.values())):
-            raise ValueError("optimizer adam keeps dense moments: use adapter_rank 'full' and momentum 0")
-        self.model, self.layers, self.population = model, layers, population
-        self.lr, self.momentum, self.weight_decay, self.optimizer = lr, momentum, weight_decay, optimizer
-        self.velocity: dict[str, tuple[torch.Tensor, ...]] = {}  # momentum (or Adam's m, v), shaped as the adapter
-        for layer in layers.values():
-            layer.noise_scale = (float(layer.base.weight.float().pow(2).mean().sqrt()) if sigma_scale == "weight_rms"
-                                 else 1.0)
-
-    def layer_noise(self, layer: EggrollLinear) -> tuple[torch.Tensor, torch.Tensor]:
-        """The fp32 factors every member of this step used on `layer`, regenerated from their key."""
-        pop = self.population
-        m, n = layer.base.out_features, layer.base.in_features
-        key = noise_seed(pop.seed, pop.step, pop.noise_reuse, layer.layer_index)
-        return layer_noise(key, pop.num_pairs, m, n, pop.rank, layer.base.weight.device)
+class AdapterStore:
+    def __init__(self, model: nn.Module, layers: dict[str, EggrollLinear]):
+        self.model, self.layers = model, layers
+        self.by_target = {layer.target.name: layer for layer in layers.values()}
 
     def begin_step(self) -> None:
         pass
@@ -64,92 +34,69 @@ class AdapterBackend:
     def check_coverage(self) -> None:
         pass  # EggrollLinear layers replace the modules, so every forward through them is perturbed
 
-    @torch.no_grad()
-    def update(self, fitness: torch.Tensor) -> dict[str, float]:
-        """Fold the ES step for the population's current step into every adapter; returns update statistics."""
-        pop = self.population
-        coeffs = es_step_coefficients(fitness, pop.pairs.cpu(), pop.signs.cpu(), pop.num_pairs, pop.population_size,
-                                      pop.rank, 1.0)  # coefficients of g itself; lr applied below
-        keep = 1.0 - self.lr * self.weight_decay
-        sq_norm = 0.0
-        for name, layer in self.layers.items():
-            A, B = self.layer_noise(layer)                 # A: [P, m, r]  B: [P, n, r]
-            c = coeffs.to(A.device) * layer.noise_scale    # the layer's relative step (sigma_scale)
-            if layer.adapter_rank == "full":
-                g = fold_dense(torch.zeros_like(layer.delta), A, B, c)
-                if self.optimizer == "adam":
-                    g = self._adam(name, g, pop.step + 1)
-                elif self.momentum:
-                    g = self.velocity[name][0] * self.momentum + g if name in self.velocity else g
-                    self.velocity[name] = (g,)
-                new = layer.delta * keep + self.lr * g
-                sq_norm += float((new - layer.delta).pow(2).sum())  # before the copy: no clone of Δ needed
-                layer.delta.copy_(new)
-                continue
-            R = layer.adapter_rank
-            if self.momentum:  # velocity ← μ·velocity + g, kept at the adapter's rank
-                mu, mv = self.velocity.get(name, (torch.zeros_like(layer.lora_U), torch.zeros_like(layer.lora_V)))
-                mu, mv = fold_lowrank(*decay(mu, mv, self.momentum), A, B, c, R)
-                self.velocity[name] = (mu, mv)
-                A, B, c = mu[None], mv[None], torch.ones(1, device=A.device)  # step along the velocity instead
-            U, V = decay(layer.lora_U, layer.lora_V, keep) if keep != 1.0 else (layer.lora_U, layer.lora_V)
-            U, V = fold_lowrank(U, V, A, B, c * self.lr, R)
-            sq_norm += lowrank_change_norm(layer.lora_U, layer.lora_V, U, V) ** 2
-            layer.lora_U.copy_(U)
-            layer.lora_V.copy_(V)
-        return {"update_norm": sq_norm ** 0.5, "fitness_std": float(fitness.std()) if fitness.numel() > 1 else 0.0}
-
-    def _adam(self, name: str, g: torch.Tensor, t: int) -> torch.Tensor:
-        """Adam's bias-corrected m̂ / (√v̂ + ε) of the ES gradient g at step t (1-based); moments kept in velocity."""
-        (b1, b2), layer = ADAM_BETAS, self.layers[name]
-        m, v = self.velocity.get(name, (torch.zeros_like(g), torch.zeros_like(g)))
-        m, v = b1 * m + (1 - b1) * g, b2 * v + (1 - b2) * g * g
-        self.velocity[name] = (m, v)
-        # Adam's step is ~lr per coordinate whatever g's scale: the layer's relative scale enters here again
-        return layer.noise_scale * (m / (1 - b1 ** t)) / ((v / (1 - b2 ** t)).sqrt() + ADAM_EPS)
-
-    @contextmanager
-    def members(self) -> Iterator[Callable[[int], None]]:
-        """`apply(i)` writes member i's perturbed base weights; the exact original weights are written back on exit."""
+    def check_member_writes(self) -> None:
+        """A member is written into W; a W shared with another module (tied embeddings) would perturb both, which the
+        batched forward (noise on this layer's output only) does not."""
         for name, layer in self.layers.items():
             weight = layer.base.weight
             if any(p is weight for module in self.model.modules() if module is not layer.base
                    for p in module.parameters(recurse=False)):
                 raise ValueError(f"{name} shares its weight with another module (tied embeddings?): writing a member "
                                  "into it would perturb both; score this model batched (es.evaluate / ask-tell)")
-        pop = self.population
-        centre = {name: layer.base.weight.detach().clone() for name, layer in self.layers.items()}
 
-        @torch.no_grad()
-        def apply(member: int) -> None:
-            pair, scale = int(pop.pairs[member]), float(pop.signs[member]) * pop.sigma / pop.rank ** 0.5
-            for name, layer in self.layers.items():
-                A, B = self.layer_noise(layer)
-                noise = A[pair] @ B[pair].T * layer.noise_scale                         # [m, n]
-                layer.base.weight.copy_((centre[name].float() + scale * noise).to(layer.base.weight.dtype))
+    @torch.no_grad()
+    def apply(self, target: Target, g: torch.Tensor | LowRankNoise, coeffs: torch.Tensor | None,
+              optimizer: Optimizer, t: int) -> float:
+        """Fold the step of one target into its adapter; returns ‖ΔW_new − ΔW‖². g: dense, or factors + coeffs."""
+        layer = self.by_target[target.name]
+        lr, keep = optimizer.lr, 1.0 - optimizer.lr * optimizer.weight_decay
+        if layer.adapter_rank == "full":
+            if coeffs is not None:
+                A, B = g
+                g = fold_dense(torch.zeros_like(layer.delta), A, B, coeffs.to(A.device))
+            d = self._direction(target, g, optimizer, t)
+            new = layer.delta * keep + lr * d.view_as(layer.delta)
+            change = float((new - layer.delta).pow(2).sum())  # before the copy: no clone of Δ needed
+            layer.delta.copy_(new)
+            return change
+        R = layer.adapter_rank
+        if isinstance(optimizer, SGD) and coeffs is not None:  # the noise factors fold in as they are
+            A, B = g
+            c = coeffs.to(A.device)
+            if optimizer.momentum:  # velocity ← μ·velocity + g, kept at the adapter's rank
+                mu, mv = optimizer.state.get(target.name, (torch.zeros_like(layer.lora_U),
+                                                           torch.zeros_like(layer.lora_V)))
+                mu, mv = fold_lowrank(*decay(mu, mv, optimizer.momentum), A, B, c, R)
+                optimizer.state[target.name] = (mu, mv)
+                A, B, c = mu[None], mv[None], torch.ones(1, device=A.device)  # step along the velocity instead
+            U, V = decay(layer.lora_U, layer.lora_V, keep) if keep != 1.0 else (layer.lora_U, layer.lora_V)
+            U, V = fold_lowrank(U, V, A, B, c * lr, R)
+        else:
+            if coeffs is not None:
+                g = lowrank_sum(target, g, coeffs)
+            d = lr * self._direction(target, g, optimizer, t).view(layer.lora_U.shape[0], -1)    # dense [m, n]
+            U, V = decay(layer.lora_U, layer.lora_V, keep) if keep != 1.0 else (layer.lora_U, layer.lora_V)
+            U, V = fold_step_lowrank(U, V, d, R)
+        change = lowrank_change_norm(layer.lora_U, layer.lora_V, U, V) ** 2
+        layer.lora_U.copy_(U)
+        layer.lora_V.copy_(V)
+        return change
 
-        try:
-            yield apply
-        finally:
-            with torch.no_grad():
-                for name, layer in self.layers.items():
-                    layer.base.weight.copy_(centre[name])
+    @staticmethod
+    def _direction(target: Target, g: torch.Tensor, optimizer: Optimizer, t: int) -> torch.Tensor:
+        d = optimizer.direction(target.name, g, t)
+        # a scale-free direction (Adam) is ~lr per coordinate whatever g's scale: the relative scale enters here
+        return d * target.scale if optimizer.scale_free and target.scale != 1.0 else d
 
     def state_dict(self) -> dict[str, torch.Tensor]:
-        """Adapters and momentum buffers, on the CPU (the names of the run checkpoints)."""
-        state = {f"adapter.{k}": v for k, v in adapter_state(self.layers).items()}
-        state.update({f"optimizer.{name}.velocity.{i}": t.cpu().contiguous()
-                      for name, ts in self.velocity.items() for i, t in enumerate(ts)})
-        return state
+        """Adapters on the CPU (the names of the run checkpoints)."""
+        return {f"adapter.{k}": v for k, v in adapter_state(self.layers).items()}
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         load_adapter_state(self.layers, {k[len("adapter."):]: v for k, v in state.items() if k.startswith("adapter.")})
-        self.velocity = {}
-        for name, layer in self.layers.items():
-            prefix = f"optimizer.{name}.velocity."
-            parts = [state[k] for k in sorted(k for k in state if k.startswith(prefix))]
-            if parts:
-                self.velocity[name] = tuple(p.to(layer.base.weight.device) for p in parts)
+
+    def trained_numel(self) -> int:
+        return sum(b.numel() for layer in self.layers.values() for b in layer.buffers(recurse=False))
 
     def detach(self) -> nn.Module:
         """Merge every ΔW into its base weight and put the plain nn.Linear modules back."""

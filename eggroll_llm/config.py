@@ -291,8 +291,9 @@ def _finite_floats(node, prefix: str = "") -> list[str]:
 
 def validate(config: EggrollConfig) -> None:
     """Cross-field checks, raised before any work starts (and before anything is written)."""
-    from .adapter_backend import OPTIMIZERS, SIGMA_SCALES
+    from .es import SIGMA_SCALES
     from .fitness import FITNESS_METHODS
+    from .optim import OPTIMIZERS
 
     es, gen, data = config.es, config.generation, config.data
     not_finite = _finite_floats(config)

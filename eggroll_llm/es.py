@@ -1,15 +1,18 @@
-"""The ES core: `EggrollES`, one ask/tell object that owns the step, the fitness shaping and the update, for any
-nn.Module.
+"""The ES core: `EggrollES`, one ask/tell engine that owns the step, the noise, the fitness shaping and the update,
+for any nn.Module.
 
 docs/design.md §1: member i of a step scores the parameters θ + s_i σ ε_k (antithetic partners share ε_k with signs
-±1), ε regenerated from the key (seed, step // noise_reuse, parameter index), and the step moves θ by lr times the
-fitness-weighted noise (1/σ divided out). Two modes hold θ:
+±1), ε drawn by the strategy from the key (seed, step // noise_reuse, target index), and the step moves θ by lr times
+the fitness-weighted noise (1/σ divided out). One engine for every strategy and optimizer:
 
-- in place (the default, as in torcheggroll and eggroll-trainer): the module's own parameters are the centre. The
-  strategy (strategy.py: EGGROLL's low-rank noise by default, OpenAI-ES's dense noise, or a subclass) draws the
-  noise; after a step the model *is* the new centre and is saved or used as usual (inplace.py, es_layers.py);
-- adapter mode (`adapter_rank=R` or "full"): target nn.Linear layers keep W and learn an fp32 adapter ΔW, as the
-  LLM trainer does (adapter_backend.py; EGGROLL noise only).
+- the step's noise is drawn ONCE per target and key (`population.noise(target)`), and the batched forward, the
+  per-member writes and the update all read that draw;
+- the strategy (strategy.py: `eggroll` low-rank, `openai_es` dense, or a subclass) draws the noise and weighs the
+  directions; the fitness shaping (fitness.py) and the optimizer (optim.py) are objects or names;
+- the only difference between the two modes is where θ lives: the module's parameters (in place, the default:
+  inplace.py), or an fp32 adapter ΔW beside each frozen nn.Linear W (`adapter_rank=R` or "full":
+  adapter_backend.py; the LLM trainer's default). `sigma_scale="weight_rms"` gives each target the noise σ·RMS(W)
+  and the step lr·RMS(W) in both.
 
 Two ways to score a step:
 
@@ -20,34 +23,28 @@ Two ways to score a step:
     stats = es.tell(scores)                #   after population.set_rows(member id of each row of dim 0)
 
 `tell` also takes scores [N, J] with `prompt_ids` [N, J] (the LLM trainer's layout: group-centred fitness compares
-members on equal prompts). State (parameters or adapters, momentum, step) is explicit and checkpointable, in the
-ask/tell style of evosax; `merge()` hands back the plain model.
+members on equal prompts). State (parameters or adapters, optimizer state, step) is explicit and checkpointable, in
+the ask/tell style of evosax; `merge()` hands back the plain model.
 """
 
 from __future__ import annotations
 
-from typing import Callable
+import math
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 import torch
 from torch import nn
 
-from .adapter_backend import AdapterBackend
+from .adapter_backend import AdapterStore
 from .es_layers import select_targets
-from .fitness import check_fitness_method, shape_fitness
-from .inplace import InPlaceBackend
+from .fitness import FitnessShaping, resolve_shaping, shape_fitness
+from .inplace import InPlaceStore
+from .optim import Optimizer, resolve_optimizer
 from .perturbed import Population, attach_eggroll
-from .strategy import EggrollStrategy, Strategy
+from .strategy import LowRankNoise, Strategy, Target, member_noise, resolve_strategy
 
-
-def check_optimizer(lr: float, momentum: float, weight_decay: float) -> None:
-    """Refuse settings that make the update diverge or flip sign every step (μ ≥ 1, lr·wd ≥ 1)."""
-    if not lr > 0:
-        raise ValueError(f"lr must be > 0, got {lr}")
-    if not 0.0 <= momentum < 1.0:
-        raise ValueError(f"momentum must lie in [0, 1) (heavy ball: μ ≥ 1 never forgets a step), got {momentum}")
-    if not (weight_decay >= 0 and lr * weight_decay < 1):
-        raise ValueError(f"weight_decay must be >= 0 with lr * weight_decay < 1 (each step keeps 1 - lr * weight_decay "
-                         f"of the parameters), got weight_decay {weight_decay} at lr {lr}")
+SIGMA_SCALES = ("absolute", "weight_rms")
 
 
 class EggrollES:
@@ -65,50 +62,60 @@ class EggrollES:
     member-major layout ([N·B, ...], rows population_rows(population, B)): equal runs of a member cost the same.
 
     Selection (in place): every parameter with requires_grad=True, narrowed by `target_modules` (module names: list
-    of suffixes or a regex) and `param_filter(name, param) -> bool`; frozen parameters are never touched. `rank` is
-    the rank of EGGROLL's noise; give `strategy=` for another strategy. `fitness` is one of fitness.FITNESS_METHODS
-    ("none" takes the scores as already shaped fitness). The step counter is `step_index`.
+    of suffixes or a regex) and `param_filter(name, param) -> bool`; frozen parameters are never touched. Adapter
+    mode (`adapter_rank`): the nn.Linear layers `target_modules` selects (default: those in the transformer blocks).
+    `strategy`: a name in strategy.STRATEGIES, `package.module:Class` or a Strategy (default: EGGROLL at `rank`).
+    `fitness`: a name in fitness.FITNESS_METHODS or a callable (scores [N, J], prompt_ids [N, J]) -> [N] ("none"
+    takes the scores as already shaped). `optimizer`: "sgd" / "adam" (with lr, momentum, weight_decay) or an
+    optim.Optimizer. The step counter is `step_index`.
     """
 
     def __init__(self, model: nn.Module, *, population_size: int, sigma: float, lr: float, rank: int = 1,
-                 adapter_rank: int | str | None = None, strategy: Strategy | None = None, antithetic: bool = True,
-                 noise_reuse: int = 1, seed: int = 0, target_modules: list[str] | str | None = None,
+                 adapter_rank: int | str | None = None, strategy: Strategy | str | None = None,
+                 antithetic: bool = True, noise_reuse: int = 1, seed: int = 0,
+                 target_modules: list[str] | str | None = None,
                  param_filter: Callable[[str, nn.Parameter], bool] | None = None, momentum: float = 0.0,
-                 weight_decay: float = 0.0, fitness: str = "group_centered", sigma_scale: str = "absolute",
-                 optimizer: str = "sgd"):
-        check_fitness_method(fitness)
-        check_optimizer(lr, momentum, weight_decay)
-        self.model, self.fitness, self.step_index, self.merged = model, fitness, 0, False
+                 weight_decay: float = 0.0, fitness: str | FitnessShaping = "group_centered",
+                 sigma_scale: str = "absolute", optimizer: str | Optimizer = "sgd"):
+        if sigma_scale not in SIGMA_SCALES:
+            raise ValueError(f"sigma_scale must be one of {', '.join(SIGMA_SCALES)}, got {sigma_scale!r}")
+        if strategy is not None and not isinstance(strategy, str) and rank != 1:
+            raise ValueError(f"rank={rank} is EGGROLL's default strategy setting; with strategy= give the rank to "
+                             "the strategy, e.g. EggrollStrategy(rank=4)")
+        self.fitness = fitness
+        self.shaping = resolve_shaping(fitness)
+        self.optimizer = resolve_optimizer(optimizer, lr, momentum, weight_decay)
+        self.strategy = resolve_strategy(strategy, rank)
+        self.model, self.step_index, self.merged = model, 0, False
         self.population = Population(population_size=population_size, sigma=sigma, rank=rank, antithetic=antithetic,
-                                     seed=seed, noise_reuse=noise_reuse)
-        optimizer_settings = dict(lr=lr, momentum=momentum, weight_decay=weight_decay)
-        if adapter_rank is None and (sigma_scale, optimizer) != ("absolute", "sgd"):
-            raise ValueError("sigma_scale and optimizer are adapter-mode settings (adapter_rank=...)")
+                                     seed=seed, noise_reuse=noise_reuse, strategy=self.strategy)
         if adapter_rank is None:
-            if strategy is not None and rank != 1:
-                raise ValueError(f"rank={rank} is EGGROLL's default strategy setting; with strategy= give the rank to "
-                                 "the strategy, e.g. EggrollStrategy(rank=4)")
-            self.strategy = EggrollStrategy(rank) if strategy is None else strategy
-            self.targets = select_targets(model, target_modules, param_filter)
             self.layers = {}
-            self.backend = InPlaceBackend(model, self.population, self.strategy, self.targets, **optimizer_settings)
+            self.targets = select_targets(model, target_modules, param_filter)
+            self.store = InPlaceStore(model, self.population, self.targets)
         else:
-            if strategy is not None or param_filter is not None:
-                raise ValueError("adapter mode (adapter_rank=...) is EGGROLL on the nn.Linear layers that "
-                                 "target_modules selects; strategy= and param_filter= need the in-place mode "
-                                 "(adapter_rank=None)")
-            self.strategy, self.targets = EggrollStrategy(rank), {}
+            if param_filter is not None:
+                raise ValueError("adapter mode (adapter_rank=...) adapts the nn.Linear layers that target_modules "
+                                 "selects; param_filter= needs the in-place mode (adapter_rank=None)")
             self.layers = attach_eggroll(model, self.population, target_modules, adapter_rank)
-            self.backend = AdapterBackend(model, self.layers, self.population, sigma_scale=sigma_scale,
-                                          optimizer=optimizer, **optimizer_settings)
+            self.targets = {layer.target.name: layer.target for layer in self.layers.values()}
+            self.store = AdapterStore(model, self.layers)
+        if sigma_scale == "weight_rms":  # one σ and one lr mean the same relative change on every target
+            for t in self.targets.values():
+                t.scale = float(t.param.detach().float().pow(2).mean().sqrt())
 
     @classmethod
     def from_config(cls, model: nn.Module, es, seed: int) -> EggrollES:
-        """The ES of a run (adapter mode): `es` is the run config's `es` section (config.ESConfig)."""
+        """The ES of a run: `es` is the run config's `es` section (config.ESConfig); adapter_rank null = in place."""
         return cls(model, population_size=es.population_size, sigma=es.sigma, lr=es.lr, rank=es.rank,
-                   adapter_rank=es.adapter_rank, antithetic=es.antithetic, noise_reuse=es.noise_reuse, seed=seed,
-                   target_modules=es.target_modules, momentum=es.momentum, weight_decay=es.weight_decay,
-                   fitness=es.fitness, sigma_scale=es.sigma_scale, optimizer=es.optimizer)
+                   adapter_rank=es.adapter_rank, strategy=es.strategy, antithetic=es.antithetic,
+                   noise_reuse=es.noise_reuse, seed=seed, target_modules=es.target_modules, momentum=es.momentum,
+                   weight_decay=es.weight_decay, fitness=es.fitness, sigma_scale=es.sigma_scale,
+                   optimizer=es.optimizer)
+
+    @property
+    def in_place(self) -> bool:
+        return isinstance(self.store, InPlaceStore)
 
     def ask(self) -> Population:
         """Begin step `step_index`: the population now carries this step's noise (rows: set them per forward)."""
@@ -116,7 +123,7 @@ class EggrollES:
             raise RuntimeError("this EggrollES was merged back into its model (es.merge()); build a new one to "
                                "train on")
         self.population.set_step(self.step_index)
-        self.backend.begin_step()
+        self.store.begin_step()
         return self.population
 
     def evaluate(self, score_population: Callable[[nn.Module, Population], torch.Tensor]) -> torch.Tensor:
@@ -128,13 +135,36 @@ class EggrollES:
         finally:
             population.set_rows(None)
 
+    @contextmanager
+    def members(self) -> Iterator[Callable[[int], None]]:
+        """`apply(i)` writes member i's parameters θ + s_i σ ε_k into the model (in adapter mode W + s_i σ ε_k, the
+        layer adds ΔW itself) from a copy of the centre taken once on entry, never by subtracting the previous
+        member's noise, which would drift; the exact centre is written back on exit, even when scoring raises."""
+        self.store.check_member_writes()
+        pop = self.population
+        centre = {name: t.param.detach().clone() for name, t in self.targets.items()}
+        writes = [(t, centre[name], pop.noise(t)) for name, t in self.targets.items()]
+        pairs, signs = pop.pairs.tolist(), pop.signs.tolist()   # per member, as Python numbers
+
+        @torch.no_grad()
+        def apply(member: int) -> None:
+            for target, kept, noise in writes:
+                write_member(target, kept, noise, pairs[member], signs[member] * pop.sigma * target.scale)
+
+        try:
+            yield apply
+        finally:
+            with torch.no_grad():
+                for name, t in self.targets.items():
+                    t.param.copy_(centre[name])
+
     def step(self, fitness_fn: Callable[[nn.Module], float]) -> dict[str, float]:
         """One whole step scored member by member: `fitness_fn(model)` runs once per member with that member's
         parameters written into the model (no gradients), then `tell`. The model is its exact centre again before
         the update, even when `fitness_fn` raises. Returns the raw scores' mean and max and tell's statistics."""
         population = self.ask()
         values = []
-        with self.backend.members() as apply, torch.no_grad():
+        with self.members() as apply, torch.no_grad():
             for member in range(population.population_size):
                 apply(member)
                 values.append(float(fitness_fn(self.model)))
@@ -145,33 +175,82 @@ class EggrollES:
     def tell(self, scores: torch.Tensor, prompt_ids: torch.Tensor | None = None) -> dict[str, float]:
         """Shape `scores` into fitness, update the parameters (or adapters) and move to the next step."""
         scores = torch.as_tensor(scores).to(torch.float32).cpu()
-        N = self.population.population_size
+        pop = self.population
+        N = pop.population_size
         if scores.dim() not in (1, 2) or scores.shape[0] != N:
             raise ValueError(f"scores have shape {tuple(scores.shape)}; expected [{N}] (one per member) or "
                              f"[{N}, J] (J prompts per member, with prompt_ids)")
         if not bool(torch.isfinite(scores).all()):  # one NaN would silently corrupt every parameter
             raise ValueError("scores contain NaN or inf; check the fitness / reward function")
-        self.backend.check_coverage()
+        self.store.check_coverage()
         grid = scores if scores.dim() == 2 else scores[:, None]                     # [N, J]
         ids = torch.zeros(grid.shape, dtype=torch.long) if prompt_ids is None else torch.as_tensor(prompt_ids)
-        fitness = shape_fitness(grid, ids.reshape(grid.shape), self.fitness)        # [N]
-        stats = self.backend.update(fitness)
+        fitness = shape_fitness(grid, ids.reshape(grid.shape), self.shaping)        # [N]
+        weights = self.strategy.weights(fitness, pop.pairs, pop.signs, pop.num_pairs)   # [P]
+        t = self.step_index + 1
+        with torch.no_grad():
+            sq_norm = sum(self.store.apply(target, *self._gradient(target, weights), self.optimizer, t)
+                          for target in self.targets.values())
         self.step_index += 1
-        return stats
+        return {"update_norm": sq_norm ** 0.5,
+                "fitness_std": float(fitness.std()) if fitness.numel() > 1 else 0.0}
+
+    def _gradient(self, target: Target, weights: torch.Tensor):
+        """The ascent direction g of one target, times its sigma_scale: (factors, coeffs) with g = Σ_k c_k A_k B_kᵀ
+        when the strategy's estimator is the default one on low-rank noise (the adapter folds them as they are),
+        else (dense g, None)."""
+        noise = self.population.noise(target)
+        if isinstance(noise, LowRankNoise) and type(self.strategy).gradient is Strategy.gradient:
+            A = noise.A
+            return noise, weights.to(A.device) / math.sqrt(A.shape[-1]) * target.scale
+        g = self.strategy.gradient(target, noise, weights).to(torch.float32)
+        if g.shape != target.shape:
+            raise ValueError(f"{type(self.strategy).__name__}.gradient returned shape {tuple(g.shape)} for "
+                             f"{target.name} of shape {tuple(target.shape)}")
+        return (g * target.scale if target.scale != 1.0 else g), None
+
+    def set_sigma(self, sigma: float) -> None:
+        """σ of the next steps (a schedule); the ES gradient has 1/σ divided out, so the step size stays lr."""
+        self.population.set_sigma(sigma)
+
+    def set_lr(self, lr: float) -> None:
+        if not lr > 0:
+            raise ValueError(f"lr must be > 0, got {lr}")
+        self.optimizer.lr = lr
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         """Parameters (in place) or adapters, optimizer state and the step: everything a resumed run needs."""
-        return {**self.backend.state_dict(), "es.step": torch.tensor(self.step_index)}
+        return {**self.store.state_dict(), **self.optimizer.state_dict(), "es.step": torch.tensor(self.step_index)}
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        self.backend.load_state_dict(state)
+        self.store.load_state_dict(state)
+        self.optimizer.load_state_dict(state, {name: t.param.device for name, t in self.targets.items()})
         self.step_index = int(state["es.step"])
+
+    def trained_numel(self) -> int:
+        """Numbers the ES trains: the target parameters (in place) or the adapters' fp32 values."""
+        return self.store.trained_numel()
 
     def merge(self) -> nn.Module:
         """The plain model back: hooks removed (in place), or every ΔW merged into its nn.Linear (adapter mode).
         The ES object is not usable afterwards."""
         self.merged = True
-        return self.backend.detach()
+        return self.store.detach()
+
+
+def write_member(target: Target, centre: torch.Tensor, noise, pair: int, scale: float) -> None:
+    """target.param ← centre + scale · ε_pair, computed from the kept centre in one fused op where the dtype allows."""
+    p = target.param
+    if p.dtype == torch.float32 and p.is_contiguous() and centre.is_contiguous():
+        if isinstance(noise, LowRankNoise):
+            A, B = noise
+            m, n = target.matrix
+            torch.addmm(centre.view(m, n), A[pair], B[pair].T, alpha=scale / math.sqrt(A.shape[-1]),
+                        out=p.view(m, n))
+        else:
+            torch.add(centre, noise.E[pair], alpha=scale, out=p)
+        return
+    p.copy_((centre.float() + scale * member_noise(target, noise, pair)).to(p.dtype))
 
 
 def population_rows(population: Population, batch_size: int, device=None) -> torch.Tensor:

@@ -18,7 +18,7 @@ Rows: `population.set_rows(member_ids)` gives the member of each row of dim 0 (N
 Rows that come in equal runs of one member (the member-major layouts of es.population_rows) are handled as one
 group each, so a flat [N·B, …] batch costs the same thin matmuls as [N, B, …].
 A parameter used without its owning module's forward (e.g. nn.MultiheadAttention reads out_proj.weight directly)
-gets no perturbation here; the ES object then refuses the step and names it (see `InPlaceBackend.check_coverage`).
+gets no perturbation here; the ES object then refuses the step and names it (see `InPlaceStore.check_coverage`).
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from torch import Tensor, nn
 from torch.func import functional_call
 
 from .noise import PopulationError
-from .perturbed import Population, _matches
+from .perturbed import Population, _matches, add_linear_noise, gather_linear
 from .strategy import DenseNoise, LowRankNoise, Noise, Target, member_noise
 
 
@@ -43,6 +43,7 @@ class RowPlan(NamedTuple):
     rows: int
     run: int
     pairs: Tensor   # [G] long: the noise pair of each group's member
+    signs: Tensor   # [G] fp32: s_i of each group's member
     scales: Tensor  # [G] fp32: s_i σ of each group's member
 
 
@@ -54,8 +55,9 @@ def row_plan(population: Population, device: torch.device) -> RowPlan:
     if R % run or not bool((rows.view(-1, run) == rows.view(-1, run)[:, :1]).all()):
         run = 1                                                              # no equal runs: one group per row
     members = rows.view(-1, run)[:, 0]
-    scales = population.signs[members] * population.sigma
-    return RowPlan(R, run, population.pairs[members].to(device), scales.to(device))
+    signs = population.signs[members]
+    return RowPlan(R, run, population.pairs[members].to(device), signs.to(device),
+                   (signs * population.sigma).to(device))
 
 
 def select_targets(model: nn.Module, target_modules: list[str] | str | None = None,
@@ -88,7 +90,7 @@ class _Hook:
     """The perturbation of one module's target parameters (`targets`: attribute name → Target) in the forward."""
 
     def __init__(self, module: nn.Module, targets: dict[str, Target], source):
-        # source: the InPlaceBackend (population, noise(target), plan(device), seen)
+        # source: the InPlaceStore (population, noise(target), plan(device), seen)
         self.module, self.targets, self.source = module, targets, source
         self.busy = False  # inside this module's own fallback re-run
 
@@ -118,6 +120,11 @@ class _Hook:
         target = self.targets.get(attr)
         return None if target is None else self.source.noise(target)
 
+    def scales(self, attr: str, scales: Tensor) -> Tensor:
+        """s_i σ times the target's own scale (sigma_scale)."""
+        target = self.targets.get(attr)
+        return scales if target is None or target.scale == 1.0 else scales * target.scale
+
 
 def _add(y: Tensor, term: Tensor, inplace: bool) -> Tensor:
     return y.add_(term) if inplace else y + term
@@ -129,6 +136,7 @@ def _baddbmm(y: Tensor, a: Tensor, b: Tensor, inplace: bool) -> Tensor:
 
 class LinearHook(_Hook):
     shared_rows: int | None = None  # set by the pre-hook when every row holds the same input
+    _factors: tuple = ((), None)    # (key, gathered weight factors) of the current rows and noise
 
     def rows_of(self, x: Tensor) -> int:
         return x.shape[0] if self.shared_rows is None else self.shared_rows
@@ -151,18 +159,23 @@ class LinearHook(_Hook):
             return self.perturb_shared(x, y, plan)
         m, n, G = y.shape[-1], x.shape[-1], plan.pairs.numel()
         y3, x3 = y.view(G, -1, m), x.reshape(G, -1, n)                        # [G, L·S, m], [G, L·S, n]
-        weight, bias = self.noise("weight"), self.noise("bias")
-        if isinstance(weight, LowRankNoise):
-            A, B = weight                                                       # [P, m, r], [P, n, r]
-            xb = torch.bmm(x3, B[plan.pairs].to(x.dtype))                       # [G, L·S, r]
-            right = A[plan.pairs] * (plan.scales / math.sqrt(A.shape[-1]))[:, None, None]
-            y3 = _baddbmm(y3, xb, right.transpose(1, 2).to(x.dtype), inplace)   # += [G, L·S, r] @ [G, r, m]
-        elif isinstance(weight, DenseNoise):
-            E = weight.E[plan.pairs] * plan.scales[:, None, None]               # [G, m, n]
-            y3 = _baddbmm(y3, x3, E.transpose(1, 2).to(x.dtype), inplace)
+        weight, bias = self.targets.get("weight"), self.noise("bias")
+        if weight is not None:
+            y3 = add_linear_noise(y3, x3, self.factors(weight, plan, x.dtype), inplace)
         if bias is not None:
-            y3 = _add(y3, (bias.E[plan.pairs] * plan.scales[:, None]).to(y.dtype)[:, None, :], inplace)
+            y3 = _add(y3, (bias.E[plan.pairs] * self.scales("bias", plan.scales)[:, None]).to(y.dtype)[:, None, :],
+                      inplace)
         return y3.view(y.shape)
+
+    def factors(self, weight: Target, plan: RowPlan, dtype: torch.dtype) -> tuple[Tensor, ...]:
+        """The weight's per-group noise factors (perturbed.gather_linear), gathered once per rows/noise version, not
+        per decoded token."""
+        pop = self.source.population
+        key = (pop.version, dtype, plan.pairs.device)
+        if self._factors[0] != key:
+            noise = pop.noise(weight, dtype)
+            self._factors = (key, gather_linear(noise, plan.pairs, plan.signs, pop.sigma, weight.scale, dtype))
+        return self._factors[1]
 
     def perturb_shared(self, x0: Tensor, y0: Tensor, plan: RowPlan) -> Tensor:
         """x0: the one shared row [1, *S, n], y0 its base output [1, *S, m] → every row's output [rows, *S, m]."""
@@ -176,13 +189,14 @@ class LinearHook(_Hook):
             P, _, r = B.shape
             xb = (x2 @ B.permute(1, 0, 2).reshape(n, P * r).to(x0.dtype)).view(-1, P, r)  # all pairs at once: [S, P, r]
             xb = xb.index_select(1, pairs).transpose(0, 1)                                 # [rows, S, r]
-            right = A[pairs] * (scales / math.sqrt(r))[:, None, None]
+            right = A[pairs] * (self.scales("weight", scales) / math.sqrt(r))[:, None, None]
             out = torch.baddbmm(out, xb, right.transpose(1, 2).to(x0.dtype))
         elif isinstance(weight, DenseNoise):
-            E = weight.E[pairs] * scales[:, None, None]
+            E = weight.E[pairs] * self.scales("weight", scales)[:, None, None]
             out = torch.baddbmm(out, x2.expand(rows, -1, -1), E.transpose(1, 2).to(x0.dtype))
         if bias is not None:  # out is a fresh tensor once the weight's noise went in; else the expanded y0
-            out = _add(out, (bias.E[pairs] * scales[:, None]).to(y0.dtype)[:, None, :], inplace=weight is not None)
+            out = _add(out, (bias.E[pairs] * self.scales("bias", scales)[:, None]).to(y0.dtype)[:, None, :],
+                       inplace=weight is not None)
         return out.reshape(rows, *y0.shape[1:])
 
 
@@ -193,10 +207,12 @@ class EmbeddingHook(_Hook):
         weight = self.noise("weight")
         if isinstance(weight, LowRankNoise):
             A, B = weight                                                       # [P, V, r], [P, d, r]
-            left = A[plan.pairs[:, None], ids2] * (plan.scales / math.sqrt(A.shape[-1]))[:, None, None]
+            scales = self.scales("weight", plan.scales) / math.sqrt(A.shape[-1])
+            left = A[plan.pairs[:, None], ids2] * scales[:, None, None]
             y3 = _baddbmm(y3, left.to(y.dtype), B[plan.pairs].transpose(1, 2).to(y.dtype), inplace)
         else:
-            y3 = _add(y3, (weight.E[plan.pairs[:, None], ids2] * plan.scales[:, None, None]).to(y.dtype), inplace)
+            y3 = _add(y3, (weight.E[plan.pairs[:, None], ids2] * self.scales("weight", plan.scales)[:, None, None])
+                      .to(y.dtype), inplace)
         return y3.view(y.shape)
 
 
@@ -218,16 +234,17 @@ class ConvHook(_Hook):
                 filters = B[plan.pairs].transpose(1, 2).reshape(G * r, C, *mod.kernel_size)
                 z = conv(xg, filters.to(x.dtype), None, mod.stride, mod.padding, mod.dilation, G)  # [L, G·r, …]
                 z = z.view(L, G, r, -1).permute(1, 2, 0, 3).reshape(G, r, -1)                    # [G, r, L·P']
-                left = A[plan.pairs] * (plan.scales / math.sqrt(r))[:, None, None]                # [G, out, r]
+                left = A[plan.pairs] * (self.scales("weight", plan.scales) / math.sqrt(r))[:, None, None]  # [G, out, r]
                 term = torch.bmm(left.to(x.dtype), z).view(G, out, L, -1).transpose(1, 2)       # [G, L, out, P']
             else:
-                E = weight.E[plan.pairs] * plan.scales.view(G, *[1] * (weight.E.dim() - 1))      # [G, out, C, k…]
+                E = weight.E[plan.pairs] * self.scales("weight", plan.scales).view(G, *[1] * (weight.E.dim() - 1))
                 z = conv(xg, E.reshape(G * out, *E.shape[2:]).to(x.dtype), None, mod.stride, mod.padding,
                          mod.dilation, G)                                                         # [L, G·out, …]
                 term = z.view(L, G, out, -1).transpose(0, 1)
             y4 = _add(y4, term, inplace)
         if bias is not None:
-            y4 = _add(y4, (bias.E[plan.pairs] * plan.scales[:, None]).to(y.dtype)[:, None, :, None], inplace)
+            shift = (bias.E[plan.pairs] * self.scales("bias", plan.scales)[:, None]).to(y.dtype)
+            y4 = _add(y4, shift[:, None, :, None], inplace)
         return y4.view(y.shape)
 
 
@@ -252,7 +269,7 @@ class FallbackHook(_Hook):
                 index = (rows == member).nonzero().squeeze(1)
                 scale = float(population.signs[member]) * population.sigma
                 pair = int(population.pairs[member])
-                params = {attr: (t.param.float() + scale * member_noise(t, self.source.noise(t), pair))
+                params = {attr: (t.param.float() + scale * t.scale * member_noise(t, self.source.noise(t), pair))
                           .to(t.param.dtype) for attr, t in self.targets.items()}
                 population.set_rows(rows[index])  # nested hooks see only this member's rows
                 sub_args = tuple(_take(a, index, rows.numel()) for a in args)

@@ -16,12 +16,12 @@ All functions are pure, vectorised and fp32; none loops over members in Python.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor
 
-FITNESS_METHODS = ("group_centered", "centered_rank", "none")
+FITNESS_METHODS = ("group_centered", "centered_rank", "z_score", "none")
 
 
 class FitnessError(ValueError):
@@ -110,22 +110,51 @@ def centered_rank_fitness(scores: Tensor, prompt_ids: Tensor | None = None) -> T
     return rank / (n - 1) - 0.5
 
 
-def check_fitness_method(method: str) -> None:
-    if method not in FITNESS_METHODS:
-        raise ValueError(f"unknown fitness method {method!r}; choose one of {', '.join(FITNESS_METHODS)}")
+def z_score_fitness(scores: Tensor, prompt_ids: Tensor | None = None, eps: float = 1e-8) -> Tensor:
+    """Each member's mean score, standardised over the population: (r_i − mean r) / (std r + eps) → [N].
 
-
-def shape_fitness(scores: Tensor, prompt_ids: Tensor, method: str = "group_centered") -> Tensor:
-    """Dispatch to one of FITNESS_METHODS: scores [N, J], prompt_ids [N, J] → fitness [N].
-
-    "none" takes each member's mean score as its fitness, unshaped (for scores a caller already shaped).
+    The shaping of full-parameter ES for LLMs (Qiu et al. 2025, arXiv 2509.24372). An all-equal population gets
+    zeros. `prompt_ids` is accepted for the uniform signature and not used.
     """
-    check_fitness_method(method)
-    if method == "group_centered":
-        return group_centered_fitness(scores, prompt_ids)
-    if method == "centered_rank":
-        return centered_rank_fitness(scores, prompt_ids)
+    member = _check_grid(scores, prompt_ids).mean(dim=1)                    # [N]
+    centred = member - member.mean()
+    if not bool(centred.any()):
+        return torch.zeros_like(member)
+    return centred / (member.std(correction=0) + eps)
+
+
+def unshaped_fitness(scores: Tensor, prompt_ids: Tensor | None = None) -> Tensor:
+    """Each member's mean score as it is (for scores a caller already shaped) → [N]."""
     return _check_grid(scores, prompt_ids).mean(dim=1)
+
+
+SHAPINGS = {"group_centered": group_centered_fitness, "centered_rank": centered_rank_fitness,
+            "z_score": z_score_fitness, "none": unshaped_fitness}
+FitnessShaping = Callable[[Tensor, Tensor], Tensor]
+
+
+def check_fitness_method(method) -> None:
+    if not callable(method) and method not in FITNESS_METHODS:
+        raise ValueError(f"unknown fitness method {method!r}; choose one of {', '.join(FITNESS_METHODS)} or pass a "
+                         "callable (scores [N, J], prompt_ids [N, J]) -> fitness [N]")
+
+
+def resolve_shaping(method: str | FitnessShaping) -> FitnessShaping:
+    """A shaping function from a name in FITNESS_METHODS, or a callable (scores, prompt_ids) -> [N] as given."""
+    check_fitness_method(method)
+    return method if callable(method) else SHAPINGS[method]
+
+
+def shape_fitness(scores: Tensor, prompt_ids: Tensor, method: str | FitnessShaping = "group_centered") -> Tensor:
+    """Shape scores [N, J] (prompt_ids [N, J]) into fitness [N] with a named or given shaping; checked on the way
+    out, so a user callable that returns the wrong shape or NaN is named."""
+    fitness = torch.as_tensor(resolve_shaping(method)(scores, prompt_ids))
+    N = scores.shape[0]
+    if fitness.shape != (N,) or not bool(torch.isfinite(fitness).all()):
+        raise ValueError(f"fitness shaping {getattr(method, '__name__', method)!r} returned "
+                         f"{tuple(fitness.shape)} values (finite: {bool(torch.isfinite(fitness).all())}); it must "
+                         f"return {N} finite values, one per member")
+    return fitness.to(torch.float32)
 
 
 def antithetic_coefficients(fitness: Tensor, pairs: Tensor, signs: Tensor, num_pairs: int) -> Tensor:

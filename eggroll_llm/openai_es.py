@@ -22,17 +22,9 @@ from typing import Callable
 from torch import nn
 
 from .es import EggrollES
-from .strategy import DenseNoise, Strategy, Target, gaussian
+from .strategy import OpenAIStrategy
 
-
-class OpenAIStrategy(Strategy):
-    """Dense Gaussian directions E_k [P, *shape] for every parameter; the default estimator Σ_k w_k E_k."""
-
-    def noise(self, target: Target, key: int, num_pairs: int) -> DenseNoise:
-        return gaussian(target, key, num_pairs)
-
-    def __repr__(self) -> str:
-        return "OpenAIStrategy()"
+__all__ = ["OpenAIES", "OpenAIStrategy"]
 
 
 class OpenAIES(EggrollES):

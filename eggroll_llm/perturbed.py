@@ -32,7 +32,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .noise import PopulationError, layer_noise, member_pairs, noise_seed, num_pairs
+from .noise import PopulationError, member_pairs, noise_seed, num_pairs
+from .strategy import EggrollStrategy, LowRankNoise, Noise, Strategy, Target, checked_noise
+
+
+def check_sigma(sigma: float) -> None:
+    if not (isinstance(sigma, (int, float)) and math.isfinite(sigma) and sigma > 0):
+        raise PopulationError(f"sigma must be a finite number > 0 (the paper uses ~1e-3 on real LLMs), got {sigma}")
 
 
 class TargetModulesError(ValueError):
@@ -47,20 +53,22 @@ class Population:
     """
 
     def __init__(self, population_size: int, sigma: float, rank: int = 1, antithetic: bool = True,
-                 seed: int = 0, noise_reuse: int = 1, step: int = 0):
-        if sigma <= 0:
-            raise PopulationError(f"sigma must be > 0 (the paper uses ~1e-3 on real LLMs), got {sigma}")
+                 seed: int = 0, noise_reuse: int = 1, step: int = 0, strategy: Strategy | None = None):
+        check_sigma(sigma)
         if rank < 1:
             raise PopulationError(f"rank (of the noise A_i B_iᵀ) must be >= 1, got {rank}")
         if noise_reuse < 1:
             raise PopulationError(f"noise_reuse must be >= 1 (1 = fresh noise every step), got {noise_reuse}")
         self.num_pairs = num_pairs(population_size, antithetic)  # validates population_size and antithetic
-        self.population_size, self.sigma, self.rank = population_size, float(sigma), rank
+        self.strategy = EggrollStrategy(rank) if strategy is None else strategy
+        self.population_size, self.sigma = population_size, float(sigma)
+        self.rank = getattr(self.strategy, "rank", rank)
         self.antithetic, self.seed, self.noise_reuse = antithetic, seed, noise_reuse
         self.pairs, self.signs = member_pairs(population_size, antithetic)  # [N] int64, [N] fp32
-        self.version = 0  # bumped whenever the noise or the rows change; layers key their gathered factors on it
+        self.version = 0  # bumped whenever the noise, σ or the rows change; layers key their gathered factors on it
         self._step, self._rows = step, None
-        self._noise: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._noise: dict[int, Noise] = {}                      # target index -> this window's fp32 noise
+        self._cast: dict[tuple, Noise] = {}                     # (index, device, dtype) -> the noise cast
         self._row_factors: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
 
     @property
@@ -84,8 +92,16 @@ class Population:
         """Move to `step`; the cached noise is dropped once the key (step // noise_reuse) changes."""
         if step // self.noise_reuse != self._step // self.noise_reuse:
             self._noise.clear()
+            self._cast.clear()
             self._bump()
         self._step = step
+
+    def set_sigma(self, sigma: float) -> None:
+        """Change σ from the next forward on (a σ schedule); the noise directions are unchanged."""
+        check_sigma(sigma)
+        if float(sigma) != self.sigma:
+            self.sigma = float(sigma)
+            self._bump()
 
     def set_rows(self, member_ids: Sequence[int] | torch.Tensor | None) -> None:
         """Say which member each batch row belongs to (None: no perturbation); call again when the rows change."""
@@ -112,29 +128,65 @@ class Population:
         finally:
             self.set_rows(None)
 
-    def noise(self, layer_index: int, m: int, n: int, device: torch.device | str,
-              dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
-        """(A [P, m, r], B [P, n, r]) of one layer at the current step, cast to `dtype`; cached for this step."""
-        key = (layer_index, m, n, torch.device(device), dtype)
-        if key not in self._noise:
-            seed_int = noise_seed(self.seed, self._step, self.noise_reuse, layer_index)
-            A, B = layer_noise(seed_int, self.num_pairs, m, n, self.rank, device)
-            self._noise[key] = (A.to(dtype), B.to(dtype))
-        return self._noise[key]
+    def noise(self, target: Target, dtype: torch.dtype = torch.float32) -> Noise:
+        """The strategy's directions for `target` at the current step: THE noise of the step, drawn once per noise
+        key (seed, step // noise_reuse, target.index) and read by the batched forward, the per-member writes and the
+        update alike. fp32 on the parameter's device; another `dtype` is a cached cast of the same draw."""
+        if target.index not in self._noise:
+            key = noise_seed(self.seed, self._step, self.noise_reuse, target.index)
+            self._noise[target.index] = checked_noise(self.strategy, target, key, self.num_pairs)
+        noise = self._noise[target.index]
+        if dtype == torch.float32:
+            return noise
+        cast_key = (target.index, dtype)
+        if cast_key not in self._cast:
+            self._cast[cast_key] = type(noise)(*(t.to(dtype) for t in noise))
+        return self._cast[cast_key]
 
     def row_factors(self, device: torch.device | str) -> tuple[torch.Tensor, torch.Tensor]:
-        """(pair index [batch] int64, scale s_i σ/√r [batch] fp32) of each batch row, on `device`."""
+        """(pair index [batch] int64, sign s_i [batch] fp32) of each batch row, on `device`."""
         if self._rows is None:
             raise PopulationError("no rows set: call population.set_rows(member_ids) before a perturbed forward")
         device = torch.device(device)
         if device not in self._row_factors:
-            scales = self.signs[self._rows] * (self.sigma / math.sqrt(self.rank))
-            self._row_factors[device] = (self.pairs[self._rows].to(device), scales.to(device))
+            self._row_factors[device] = (self.pairs[self._rows].to(device), self.signs[self._rows].to(device))
         return self._row_factors[device]
 
     def _bump(self) -> None:
         self.version += 1
         self._row_factors.clear()
+
+
+def gather_linear(noise: Noise, pairs: torch.Tensor, signs: torch.Tensor, sigma: float, scale: float,
+                  dtype: torch.dtype) -> tuple[torch.Tensor, ...]:
+    """The member noise of a Linear weight for G row groups (pairs, signs: [G]), ready for `add_linear_noise`:
+    low rank (B_kᵀ [G, r, n], s σ/√r·scale A_kᵀ [G, r, m]), dense (s σ·scale E_kᵀ [G, n, m],). `noise` is already in
+    `dtype`; B is kept as [G, r, n] and used transposed, the faster bmm layout for a thin r on CPU (equal on GPU)."""
+    if isinstance(noise, LowRankNoise):
+        A, B = noise                                                          # [P, m, r], [P, n, r]
+        scales = signs * (sigma / math.sqrt(A.shape[-1])) * scale              # [G]
+        left_t = B[pairs].transpose(1, 2)                                       # [G, r, n]
+        right = (A[pairs] * scales.to(dtype)[:, None, None]).transpose(1, 2)   # [G, r, m]
+        return left_t.contiguous(), right.contiguous()
+    E = noise.E[pairs] * (signs * (sigma * scale)).to(dtype)[:, None, None]     # [G, m, n]
+    return (E.transpose(1, 2).contiguous(),)
+
+
+def add_linear_noise(y3: torch.Tensor, x3: torch.Tensor, factors: tuple[torch.Tensor, ...],
+                     inplace: bool = True) -> torch.Tensor:
+    """y3 [G, T, m] + each group's member noise applied to its inputs x3 [G, T, n] (factors: `gather_linear`).
+
+    Low rank: (x B_k) [G, T, r] times s σ/√r A_kᵀ; rank 1 as a broadcast outer product, several times faster than a
+    k=1 bmm on CPU. Dense (full-rank strategies): one [G, T, n] @ [G, n, m] bmm. In place when y3 is the forward's
+    own fresh output that no backward needs.
+    """
+    if len(factors) == 1:
+        return y3.baddbmm_(x3, factors[0]) if inplace else torch.baddbmm(y3, x3, factors[0])
+    left_t, right = factors
+    xb = torch.bmm(x3, left_t.transpose(1, 2))                                   # [G, T, r]
+    if right.shape[1] == 1:
+        return y3.addcmul_(xb, right) if inplace else torch.addcmul(y3, xb, right)
+    return y3.baddbmm_(xb, right) if inplace else torch.baddbmm(y3, xb, right)
 
 
 _NO_ROWS = ((), None)  # empty cache entry of EggrollLinear._rows_cache
@@ -143,11 +195,14 @@ _NO_ROWS = ((), None)  # empty cache entry of EggrollLinear._rows_cache
 class EggrollLinear(nn.Module):
     """A frozen nn.Linear plus an fp32 adapter (U Vᵀ, or a dense delta) plus each row's member noise."""
 
-    def __init__(self, base: nn.Linear, layer_index: int, population: Population, adapter_rank: int | str = 1):
+    def __init__(self, base: nn.Linear, layer_index: int, population: Population, adapter_rank: int | str = 1,
+                 name: str = ""):
         super().__init__()
         self.base, self.layer_index, self.population = base, layer_index, population
         self._full = adapter_rank == "full"
         m, n, device = base.out_features, base.in_features, base.weight.device
+        # what the ES perturbs: W's [m, n] matrix, keyed by the layer index (θ itself is the adapter below)
+        self.target = Target(f"{name}.weight" if name else "weight", layer_index, base.weight, (m, n))
         # fp32 master values whatever the model's dtype (docs/design.md §3); buffers, so they land in state_dict.
         # Never inference tensors (even when attached under inference_mode): `_adapter` keys on their _version.
         with torch.inference_mode(False):
@@ -160,9 +215,7 @@ class EggrollLinear(nn.Module):
         self._merged_cache: tuple[tuple, torch.Tensor | None] = ((), None)
         # W + ΔW may stand in for W only where forward is exactly F.linear(x, W, b), not in a subclass of nn.Linear
         self._mergeable = type(base) is nn.Linear
-        self._rows_cache: tuple[tuple, tuple[torch.Tensor, torch.Tensor] | None] = _NO_ROWS
-        # this layer's σ is population.sigma × noise_scale: 1, or the RMS of W with sigma_scale "weight_rms"
-        self.noise_scale = 1.0
+        self._rows_cache: tuple[tuple, tuple[torch.Tensor, ...] | None] = _NO_ROWS
 
     @property
     def adapter_rank(self) -> int | str:
@@ -216,20 +269,15 @@ class EggrollLinear(nn.Module):
             if self._rows_cache[0]:  # outside population generation: let the gathered factors go
                 self._rows_cache = _NO_ROWS
             return y
-        left_t, right = self._gathered(x.dtype, x.device)
+        factors = self._gathered(x.dtype, x.device)
         batch, m, n = x.shape[0], y.shape[-1], x.shape[-1]
-        if left_t.shape[0] != batch:
-            raise PopulationError(f"{left_t.shape[0]} member ids set but the batch has {batch} rows; call "
+        if factors[0].shape[0] != batch:
+            raise PopulationError(f"{factors[0].shape[0]} member ids set but the batch has {batch} rows; call "
                                   "population.set_rows with one member id per batch row whenever the batch changes")
-        # x: [batch, seq, n] @ B_i [batch, n, r] -> [batch, seq, r], times s_i σ/√r A_iᵀ [batch, r, m], added to y.
-        # In place: y is this forward's own fresh output, and neither op's backward needs it.
-        xb = torch.bmm(x.reshape(batch, -1, n), left_t.transpose(1, 2))
-        y3 = y.reshape(batch, -1, m)  # a view of y unless a subclassed base returned a non-contiguous y
-        if right.shape[1] == 1:  # rank 1: a broadcast outer product, several times faster than a k=1 bmm on CPU
-            y3.addcmul_(xb, right)
-        else:
-            y3.baddbmm_(xb, right)
-        return y3.view(y.shape)
+        # one group per row: x [batch, seq, n] -> y [batch, seq, m] += row i's member noise. In place: y is this
+        # forward's own fresh output (a view of it unless a subclassed base returned a non-contiguous y).
+        y3 = y.reshape(batch, -1, m)
+        return add_linear_noise(y3, x.reshape(batch, -1, n), factors).view(y.shape)
 
     def _adapter(self, dtype: torch.dtype, device: torch.device) -> tuple[torch.Tensor, ...] | None:
         """The adapter in the compute dtype: (delta [m, n],) or (Vᵀ [R, n], U [m, R]); None while it is zero.
@@ -268,21 +316,15 @@ class EggrollLinear(nn.Module):
                 self._merged_cache = (key, weight.to(device=device, dtype=dtype) + delta)
         return self._merged_cache[1]
 
-    def _gathered(self, dtype: torch.dtype, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per-row noise factors (B_iᵀ [batch, r, n], s_i σ/√r A_iᵀ [batch, r, m]), regathered only when the rows
-        or the noise change (`population.version`), not per decoded token.
-
-        B is kept as [batch, r, n] and used transposed: the faster bmm layout for a thin r on CPU, equal on GPU.
-        """
+    def _gathered(self, dtype: torch.dtype, device: torch.device) -> tuple[torch.Tensor, ...]:
+        """Each row's noise factors (`gather_linear`), regathered only when the rows, σ or the noise change
+        (`population.version`), not per decoded token."""
         key = (self.population.version, dtype, device)
         if self._rows_cache[0] != key:
-            m, n = self.base.out_features, self.base.in_features
-            A, B = self.population.noise(self.layer_index, m, n, device, dtype)   # A: [P, m, r]  B: [P, n, r]
-            pairs, scales = self.population.row_factors(device)                  # [batch], [batch]
-            left_t = B[pairs].transpose(1, 2)                                     # [batch, r, n]
-            scales = scales * self.noise_scale                                   # per-layer σ (sigma_scale)
-            right = (A[pairs] * scales.to(dtype)[:, None, None]).transpose(1, 2)  # [batch, r, m]
-            self._rows_cache = (key, (left_t.contiguous(), right.contiguous()))
+            pop = self.population
+            pairs, signs = pop.row_factors(device)                                # [batch], [batch]
+            factors = gather_linear(pop.noise(self.target, dtype), pairs, signs, pop.sigma, self.target.scale, dtype)
+            self._rows_cache = (key, factors)
         return self._rows_cache[1]
 
 
@@ -345,7 +387,7 @@ def attach_eggroll(model: nn.Module, population: Population, target_modules: lis
     for index, (name, base) in enumerate(chosen):
         base.requires_grad_(False)
         parent, _, child = name.rpartition(".")
-        layers[name] = EggrollLinear(base, index, population, adapter_rank)
+        layers[name] = EggrollLinear(base, index, population, adapter_rank, name)
         setattr(model.get_submodule(parent), child, layers[name])
     return layers
 

@@ -21,7 +21,8 @@ batched forward (es_layers.py) knows how to apply without building any member's 
 
 `EggrollStrategy` (EGGROLL, arXiv 2511.16652) draws low-rank directions for matrices (Linear and Embedding weights,
 conv kernels viewed as [out, in·k…]) and dense Gaussian ones for everything else (biases, norm weights);
-openai_es.OpenAIStrategy draws dense Gaussian directions everywhere. A new strategy subclasses `Strategy`:
+`OpenAIStrategy` draws dense Gaussian directions everywhere (full-parameter ES). `STRATEGIES` maps the names a
+recipe or `EggrollES(strategy=...)` takes to these classes. A new strategy subclasses `Strategy`:
 
     class Rademacher(Strategy):                      # ±1 directions instead of Gaussian ones
         def noise(self, target, key, num_pairs):
@@ -40,18 +41,24 @@ import torch
 from torch import Tensor, nn
 
 from .fitness import antithetic_coefficients
+from .importing import import_object
 from .noise import layer_noise
 
 
-@dataclass(frozen=True, eq=False)
+@dataclass(eq=False)
 class Target:
-    """One parameter the ES moves. `index` is its place in the noise key; `matrix` the [m, n] view that low-rank
-    noise factors (2-D weights as they are, conv kernels as [out, in·k…]), None for other shapes."""
+    """One parameter the ES perturbs. `index` is its place in the noise key; `matrix` the [m, n] view that low-rank
+    noise factors (2-D weights as they are, conv kernels as [out, in·k…]), None for other shapes. `scale` multiplies
+    σ and the step for this parameter alone (1, or RMS of the weight with sigma_scale "weight_rms").
+
+    In place, `param` is θ itself; in adapter mode it is the frozen base weight W, and θ is the adapter ΔW beside it
+    (the member's W + ΔW + s σ ε is what the forward sees either way)."""
 
     name: str
     index: int
     param: nn.Parameter
     matrix: tuple[int, int] | None
+    scale: float = 1.0
 
     @property
     def shape(self) -> torch.Size:
@@ -93,14 +100,38 @@ def weighted_sum(target: Target, noise: Noise, weights: Tensor) -> Tensor:
     """Σ_k w_k ε_k in the parameter's shape, fp32, without materialising any ε_k. weights: [P]."""
     if isinstance(noise, DenseNoise):
         return torch.tensordot(weights.to(noise.E.device), noise.E, dims=1)           # [*shape]
+    A = noise.A
+    return lowrank_sum(target, noise, weights.to(A.device) / math.sqrt(A.shape[-1]))
+
+
+def lowrank_sum(target: Target, noise: LowRankNoise, coeffs: Tensor) -> Tensor:
+    """Σ_k c_k A_k B_kᵀ in the parameter's shape, fp32 (c: [P]): one [m, P r] @ [P r, n] matmul."""
     A, B = noise                                                                      # [P, m, r], [P, n, r]
     P, m, r = A.shape
     n = B.shape[1]
-    scaled = A * (weights.to(A.device) / math.sqrt(r))[:, None, None]
-    # Σ_k A_k diag(w_k/√r) B_kᵀ = [A_1 … A_P] [B_1 … B_P]ᵀ: one [m, P r] @ [P r, n] matmul
-    left = scaled.permute(1, 0, 2).reshape(m, P * r)
+    left = (A * coeffs[:, None, None]).permute(1, 0, 2).reshape(m, P * r)
     right = B.permute(1, 0, 2).reshape(n, P * r)
     return (left @ right.T).view(target.shape)
+
+
+def checked_noise(strategy: Strategy, target: Target, key: int, num_pairs: int) -> Noise:
+    """strategy.noise(...), checked where it enters: a kind the forward can apply, shaped for this parameter."""
+    noise = strategy.noise(target, key, num_pairs)
+    name = type(strategy).__name__
+    if isinstance(noise, LowRankNoise):
+        A, B = noise
+        if target.matrix is None or A.dim() != 3 or B.dim() != 3 or A.shape[0] != num_pairs \
+                or (A.shape[1], B.shape[1]) != target.matrix or A.shape[0] != B.shape[0] or A.shape[2] != B.shape[2]:
+            raise ValueError(f"{name}.noise gave low-rank factors A {tuple(A.shape)}, B {tuple(B.shape)} for "
+                             f"{target.name} (matrix view {target.matrix}); expected A [{num_pairs}, m, r], "
+                             "B [P, n, r] on a matrix parameter")
+    elif isinstance(noise, DenseNoise):
+        if noise.E.shape != (num_pairs, *target.shape):
+            raise ValueError(f"{name}.noise gave E {tuple(noise.E.shape)} for {target.name}; expected "
+                             f"{(num_pairs, *target.shape)}")
+    else:
+        raise TypeError(f"{name}.noise must return LowRankNoise or DenseNoise, got {type(noise).__name__}")
+    return noise
 
 
 class Strategy:
@@ -143,3 +174,41 @@ class EggrollStrategy(Strategy):
 
     def __repr__(self) -> str:
         return f"EggrollStrategy(rank={self.rank})"
+
+
+class OpenAIStrategy(Strategy):
+    """Full-rank OpenAI-ES (Salimans et al. 2017): dense Gaussian directions E_k [P, *shape] for every parameter.
+
+    With per-member scoring on an LLM this is the full-parameter ES of Qiu et al. 2025 (arXiv 2509.24372): each
+    member's seeded noise is written into the weights, the plain model generates, the centre is restored.
+    It costs N/2·m·n noise values per matrix and step instead of EGGROLL's N/2·(m+n)·r.
+    """
+
+    def noise(self, target: Target, key: int, num_pairs: int) -> DenseNoise:
+        return gaussian(target, key, num_pairs)
+
+    def __repr__(self) -> str:
+        return "OpenAIStrategy()"
+
+
+STRATEGIES: dict[str, type[Strategy]] = {"eggroll": EggrollStrategy, "openai_es": OpenAIStrategy}
+
+
+def resolve_strategy(spec: Strategy | str | None, rank: int = 1) -> Strategy:
+    """A strategy from a name in STRATEGIES, an import path `package.module:Class` (built with no arguments), an
+    instance, or None (EGGROLL at `rank`)."""
+    if spec is None or spec == "eggroll":
+        return EggrollStrategy(rank)
+    if isinstance(spec, Strategy):
+        return spec
+    if isinstance(spec, str) and spec in STRATEGIES:
+        return STRATEGIES[spec]()
+    if isinstance(spec, str) and ":" in spec:
+        cls = import_object(spec, "strategy")
+        strategy = cls() if isinstance(cls, type) else cls
+        if not isinstance(strategy, Strategy):
+            raise ValueError(f"strategy {spec!r} is a {type(strategy).__name__}, not a subclass of "
+                             "eggroll_llm.strategy.Strategy")
+        return strategy
+    raise ValueError(f"unknown strategy {spec!r}; choose one of {', '.join(STRATEGIES)} or give "
+                     "package.module:Class (a Strategy subclass)")

@@ -95,7 +95,7 @@ def noise_bytes(es: EggrollES) -> tuple[int, int]:
     else:
         es.ask()
         shapes = [sum(f[0].numel() for f in noise) if isinstance(noise, LowRankNoise) else noise.E[0].numel()
-                  for noise in (es.backend.noise(t) for t in es.targets.values())]
+                  for noise in (es.population.noise(t) for t in es.targets.values())]
     return 4 * pop.num_pairs * sum(shapes), 4 * rows * sum(shapes)
 
 

@@ -71,7 +71,7 @@ def materialised(es, base: nn.Module, member: int) -> nn.Module:
     params = dict(model.named_parameters())
     with torch.no_grad():
         for name, t in es.targets.items():
-            params[name] += scale * member_noise(t, es.backend.noise(t), pair)
+            params[name] += scale * member_noise(t, es.population.noise(t), pair)
     return model
 
 

@@ -93,11 +93,11 @@ def test_centered_rank_extremes_and_constant():
 
 def test_shape_fitness_dispatch():
     scores, prompt_ids = _random_grid(5)
-    assert FITNESS_METHODS == ("group_centered", "centered_rank", "none")
+    assert FITNESS_METHODS == ("group_centered", "centered_rank", "z_score", "none")
     torch.testing.assert_close(shape_fitness(scores, prompt_ids), group_centered_fitness(scores, prompt_ids))
     torch.testing.assert_close(shape_fitness(scores, prompt_ids, "centered_rank"), centered_rank_fitness(scores))
     torch.testing.assert_close(shape_fitness(scores, prompt_ids, "none"), scores.mean(dim=1))  # as given
-    with pytest.raises(ValueError, match="group_centered, centered_rank, none"):
+    with pytest.raises(ValueError, match="group_centered, centered_rank, z_score, none"):
         shape_fitness(scores, prompt_ids, "rank")
     with pytest.raises(ValueError, match="prompt_ids has shape"):
         group_centered_fitness(scores, prompt_ids[:, :2])

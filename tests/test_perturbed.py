@@ -137,7 +137,8 @@ def test_noise_is_drawn_once_per_step_and_gathered_once_per_rows_change(monkeypa
     pop = Population(population_size=4, sigma=0.1, noise_reuse=2)
     layers = attach_eggroll(model, pop)
     draws, gathers = [], []
-    monkeypatch.setattr(perturbed, "layer_noise", lambda *a: draws.append(a) or layer_noise(*a))
+    original_noise = pop.strategy.noise
+    monkeypatch.setattr(pop.strategy, "noise", lambda *a: draws.append(a) or original_noise(*a))
     original = pop.row_factors
     monkeypatch.setattr(pop, "row_factors", lambda device: gathers.append(device) or original(device))
     with torch.no_grad(), pop.perturb(4, [0, 1, 2, 3]):

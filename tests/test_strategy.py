@@ -56,21 +56,21 @@ def test_a_user_strategy_trains_a_toy(path):
         else:
             es.tell(es.evaluate(score))
     assert mse() < 0.3 * start, (start, mse())
-    noise = es.backend.noise(es.targets["0.weight"])
+    noise = es.population.noise(es.targets["0.weight"])
     assert isinstance(noise, DenseNoise) and set(noise.E.unique().tolist()) == {-1.0, 1.0}
 
 
 def test_eggroll_noise_is_low_rank_on_matrices_and_conv_kernels_and_dense_elsewhere():
     model = nn.Sequential(nn.Conv2d(2, 3, 3), nn.Flatten(), nn.Linear(3, 4), nn.LayerNorm(4), nn.Embedding(5, 4))
     es = EggrollES(model, population_size=4, sigma=0.1, lr=0.1, rank=2)
-    kinds = {name: type(es.backend.noise(t)).__name__ for name, t in es.targets.items()}
+    kinds = {name: type(es.population.noise(t)).__name__ for name, t in es.targets.items()}
     assert kinds == {"0.weight": "LowRankNoise", "0.bias": "DenseNoise", "2.weight": "LowRankNoise",
                      "2.bias": "DenseNoise", "3.weight": "DenseNoise", "3.bias": "DenseNoise",
                      "4.weight": "LowRankNoise"}
-    A, B = es.backend.noise(es.targets["0.weight"])
+    A, B = es.population.noise(es.targets["0.weight"])
     assert A.shape == (2, 3, 2) and B.shape == (2, 2 * 3 * 3, 2)           # P=2 pairs, [out, in·k·k], rank 2
     openai = EggrollES(model, population_size=4, sigma=0.1, lr=0.1, strategy=OpenAIStrategy())
-    assert all(isinstance(openai.backend.noise(t), DenseNoise) for t in openai.targets.values())
+    assert all(isinstance(openai.population.noise(t), DenseNoise) for t in openai.targets.values())
 
 
 def test_member_noise_and_weighted_sum_agree_with_their_definitions():
@@ -108,4 +108,4 @@ def test_rank_belongs_to_the_strategy_when_one_is_given():
     with pytest.raises(ValueError, match="EggrollStrategy\\(rank=4\\)"):
         EggrollES(nn.Linear(3, 4), population_size=4, sigma=0.1, lr=0.1, rank=4, strategy=OpenAIStrategy())
     with pytest.raises(ValueError, match="in-place mode"):
-        EggrollES(nn.Linear(3, 4), population_size=4, sigma=0.1, lr=0.1, adapter_rank=2, strategy=OpenAIStrategy())
+        EggrollES(nn.Linear(3, 4), population_size=4, sigma=0.1, lr=0.1, adapter_rank=2, param_filter=lambda *a: True)
