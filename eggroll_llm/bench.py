@@ -243,18 +243,21 @@ def _bench_vllm(args, plain_model, model, tokenizer, population, prompts, member
 
 
 def _naive(plain_model, engine, layers, population, prompts, members: list[int], sampling) -> None:
-    """Members one after another: W_i = W + ΔW + s_i (σ/√r) A_i B_iᵀ written into the weights, generate, restore."""
+    """Members one after another: W_i = W + ΔW + s_i σ ε_i written into the weights (the ES core's member write),
+    generate, restore."""
+    from .es import write_member
+    from .strategy import Target
+
     modules = dict(plain_model.named_modules())
     originals = {name: modules[name].weight.detach().clone() for name in layers}
-    scale = population.sigma / population.rank ** 0.5
+    writes = [(Target(name, layer.layer_index, modules[name].weight, layer.target.matrix, layer.target.scale),
+               originals[name].float() + layer.delta_weight(), population.noise(layer.target))
+              for name, layer in layers.items()]
     for member in range(population.population_size):
         rows = [p for p, m in zip(prompts, members) if m == member]
         pair, sign = int(population.pairs[member]), float(population.signs[member])
-        for name, layer in layers.items():
-            m, n = layer.base.out_features, layer.base.in_features
-            A, B = population.noise(layer.layer_index, m, n, layer.base.weight.device)
-            weight = originals[name].float() + layer.delta_weight() + sign * scale * (A[pair] @ B[pair].T)
-            modules[name].weight.copy_(weight.to(originals[name].dtype))
+        for target, centre, noise in writes:
+            write_member(target, centre, noise, pair, sign * population.sigma * target.scale)
         engine.generate(rows, sampling)
     for name, weight in originals.items():
         modules[name].weight.copy_(weight)

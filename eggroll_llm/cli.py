@@ -113,7 +113,8 @@ def _run_train(args) -> int:
     run_dir = run_recipe(config, resume=args.resume)
     shutdown()
     if int(os.environ.get("RANK", "0")) == 0:
-        kept = "adapter/" if config.method == "eggroll" or config.grpo.lora_rank else "model/"
+        adapter = config.es.adapter_rank is not None if config.method == "eggroll" else config.grpo.lora_rank
+        kept = "adapter/" if adapter else "model/"
         print(f"run written to {run_dir} (metrics.jsonl, eval/, checkpoints/, {kept})")
     return 0
 

@@ -80,6 +80,12 @@ class GenerationConfig:
 
 @dataclass
 class ESConfig:
+    strategy: str = _help("eggroll (low-rank noise, batched population generation), openai_es (full-rank Gaussian "
+                          "noise: full-parameter ES as in Qiu et al. 2025) or package.module:Class (a "
+                          "eggroll_llm.strategy.Strategy)", "eggroll")
+    scoring: str = _help("batched: every member in one generation (perturbed forward); per_member: each member's "
+                         "noise written into the weights in turn, plain generation, centre restored (full-rank "
+                         "strategies); auto: per_member for openai_es, else batched", "auto")
     population_size: int = _help("members per step (N); even when antithetic", 32)
     sigma: float = _help("perturbation scale σ (paper: 1e-3..2e-3 on real LLMs; larger on tiny models)", 0.02)
     rank: int = _help("rank r of each member's perturbation A Bᵀ (paper: 1)", 1)
@@ -94,11 +100,24 @@ class ESConfig:
                              "per layer, so one σ is the same relative change everywhere", "absolute")
     optimizer: str = _help("sgd (the paper's; momentum and weight_decay apply) or adam (Adam's normalised moments of "
                            "the ES gradient; needs adapter_rank full)", "sgd")
-    adapter_rank: int | str = _help("rank R of the fp32 adapter the updates fold into, or 'full' (dense delta)", 8)
+    adapter_rank: int | str | None = _help("rank R of the fp32 adapter the updates fold into, 'full' (dense delta), "
+                                           "or null: the target weights themselves are θ (in place; the run "
+                                           "exports a merged model)", 8)
     target_modules: list[str] | str | None = _help("PEFT-style names or a regex; default: every linear layer in the "
                                                    "transformer blocks", None)
     members_per_prompt: int = _help("members answering the same prompts (a fitness group); divides population_size", 32)
     prompts_per_member: int = _help("prompts each member answers per step", 8)
+    samples_per_prompt: int = _help("sampled completions per (member, prompt), combined by es.aggregate into one "
+                                    "score (> 1 needs generation.temperature > 0)", 1)
+    aggregate: str = _help("how the samples of one (member, prompt) become its score: mean, pass_at_k (the best "
+                           "of K) or majority_vote (the reward of the most common extracted answer)", "mean")
+    answer_fn: str | None = _help("majority_vote: the answer extractor, a built-in task name (gsm8k, tiny-arith, "
+                                  "countdown) or package.module:function (completion text -> answer or None); "
+                                  "default: data.task's", None)
+    sigma_schedule: str = _help("σ over the run: constant, linear or cosine (decaying to a tenth of es.sigma at "
+                                "max_steps)", "constant")
+    lr_schedule: str = _help("lr over the run: constant, linear or cosine (decaying to 0 at max_steps)", "constant")
+    warmup_steps: int = _help("steps of linear lr warm-up from 0 before es.lr_schedule starts", 0)
 
 
 @dataclass
@@ -200,8 +219,8 @@ def _build(cls, values: dict, prefix: str = ""):
     kwargs = {}
     for key, value in values.items():
         if key not in fields:
-            close = difflib.get_close_matches(key, list(fields), n=1, cutoff=0.5) or sorted(
-                (f for f in fields if key.startswith(f) or f.startswith(key)), key=len, reverse=True)[:1]
+            close = sorted((f for f in fields if key.startswith(f) or f.startswith(key)), key=len, reverse=True)[:1] \
+                or difflib.get_close_matches(key, list(fields), n=1, cutoff=0.5)
             hint = (f"; did you mean {prefix}{close[0]}?" if close
                     else f"; valid keys: {', '.join(prefix + f for f in fields)}")
             raise ConfigError(f"unknown recipe key {prefix}{key}{hint}")
@@ -293,7 +312,9 @@ def validate(config: EggrollConfig) -> None:
     """Cross-field checks, raised before any work starts (and before anything is written)."""
     from .es import SIGMA_SCALES
     from .fitness import FITNESS_METHODS
+    from .levers import AGGREGATES, SCHEDULES, SCORINGS
     from .optim import OPTIMIZERS
+    from .strategy import STRATEGIES
 
     es, gen, data = config.es, config.generation, config.data
     not_finite = _finite_floats(config)
@@ -317,8 +338,27 @@ def validate(config: EggrollConfig) -> None:
          f"es.population_size {es.population_size} is odd; antithetic sampling pairs members: use an even "
          "population_size or es.antithetic: false"),
         (es.noise_reuse >= 1, f"es.noise_reuse must be >= 1, got {es.noise_reuse}"),
-        (es.adapter_rank == "full" or (isinstance(es.adapter_rank, int) and es.adapter_rank >= 1),
-         f"es.adapter_rank must be a positive integer or 'full', got {es.adapter_rank!r}"),
+        (es.adapter_rank is None or es.adapter_rank == "full" or (isinstance(es.adapter_rank, int)
+                                                                  and es.adapter_rank >= 1),
+         f"es.adapter_rank must be a positive integer, 'full' or null (in place), got {es.adapter_rank!r}"),
+        (es.strategy in STRATEGIES or ":" in es.strategy,
+         f"es.strategy must be one of {', '.join(STRATEGIES)} or package.module:Class, got {es.strategy!r}"),
+        (es.scoring in SCORINGS, f"es.scoring must be one of {', '.join(SCORINGS)}, got {es.scoring!r}"),
+        (es.samples_per_prompt >= 1, f"es.samples_per_prompt must be >= 1, got {es.samples_per_prompt}"),
+        (es.samples_per_prompt == 1 or gen.temperature > 0,
+         f"es.samples_per_prompt {es.samples_per_prompt} draws several completions per (member, prompt), which "
+         "greedy decoding makes identical: set generation.temperature > 0 or es.samples_per_prompt: 1"),
+        (es.aggregate in AGGREGATES, f"es.aggregate must be one of {', '.join(AGGREGATES)}, got {es.aggregate!r}"),
+        (es.aggregate != "majority_vote" or es.answer_fn is not None or data.task is not None,
+         "es.aggregate majority_vote compares extracted answers: set es.answer_fn (a task name or "
+         "package.module:function) for your own dataset"),
+        (es.sigma_schedule in SCHEDULES and es.lr_schedule in SCHEDULES,
+         f"es.sigma_schedule and es.lr_schedule must be one of {', '.join(SCHEDULES)}, got {es.sigma_schedule!r} "
+         f"and {es.lr_schedule!r}"),
+        (es.warmup_steps >= 0, f"es.warmup_steps must be >= 0, got {es.warmup_steps}"),
+        (gen.engine == "hf" or (es.strategy == "eggroll" and es.adapter_rank is not None),
+         "generation.engine vllm runs members as LoRA adapters: it needs es.strategy eggroll and an adapter "
+         "(es.adapter_rank); use generation.engine: hf"),
         (es.members_per_prompt >= 1 and es.population_size % es.members_per_prompt == 0,
          f"es.members_per_prompt {es.members_per_prompt} must divide es.population_size {es.population_size}"),
         (not es.antithetic or es.members_per_prompt % 2 == 0,
@@ -334,8 +374,8 @@ def validate(config: EggrollConfig) -> None:
         (es.sigma_scale in SIGMA_SCALES,
          f"es.sigma_scale must be {' or '.join(SIGMA_SCALES)}, got {es.sigma_scale!r}"),
         (es.optimizer in OPTIMIZERS, f"es.optimizer must be {' or '.join(OPTIMIZERS)}, got {es.optimizer!r}"),
-        (es.optimizer == "sgd" or (es.adapter_rank == "full" and es.momentum == 0),
-         "es.optimizer adam keeps dense moments: set es.adapter_rank: full and es.momentum: 0"),
+        (es.optimizer == "sgd" or es.momentum == 0,
+         "es.momentum is SGD's; es.optimizer adam keeps its own moments: set es.momentum: 0"),
         (es.sigma_scale == "absolute" or config.generation.engine == "hf",
          "es.sigma_scale weight_rms runs on the hf engine (the vllm engine writes member adapters at one σ)"),
         (config.model.dry_run_random_init or not config.model.dry_run_shrink,

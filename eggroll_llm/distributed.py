@@ -183,17 +183,17 @@ class Processes:
         if len(set(values)) > 1:
             raise DistributedError(f"processes disagree on {what} ({values} by rank); {fix}")
 
-    def check_in_sync(self, layers: dict, step: int) -> None:
-        """Raise unless every process holds bit-identical adapters (an 8-byte digest each, no weights sent)."""
+    def check_in_sync(self, state: dict, step: int) -> None:
+        """Raise unless every process holds bit-identical ES state (`EggrollES.state_dict()`: adapters or trained
+        weights and optimizer state; an 8-byte digest each, no weights sent)."""
         if not self.distributed:
             return
         digest = hashlib.blake2b(digest_size=8)
-        for layer in layers.values():
-            for _, buffer in layer.named_buffers(recurse=False):
-                digest.update(buffer.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+        for key in sorted(state):
+            digest.update(state[key].detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
         self.agree(
             int.from_bytes(digest.digest(), "little") >> 1,
-            f"the adapters after step {step}",
+            f"the ES state after step {step}",
             "the identical update gave different results on different processes; run every process on the "
             "same device type with deterministic kernels (torch.use_deterministic_algorithms(True), "
             "CUBLAS_WORKSPACE_CONFIG=:4096:8)",

@@ -162,9 +162,20 @@ def require_run_dir(run_dir: str | Path) -> Path:
     return run_dir
 
 
+def save_merged_model(model, tokenizer, folder: str | Path, model_name: str, card=None) -> None:
+    """A plain model (an in-place run's, or one with its adapters merged) as a Hugging Face folder: safetensors
+    weights, the tokenizer and a model card, written atomically."""
+    with atomic_directory(folder, overwrite=True) as tmp:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        if card is not None:
+            card.save(tmp / "README.md")
+
+
 def load_run(run_dir: str | Path):
-    """(config, model, layers, trainer_state) of a run: its base model with EGGROLL layers holding the latest
-    checkpoint's adapter, population rows None (the adapter-only model that evaluation sees)."""
+    """(config, model, layers, trainer_state) of a run: its base model with the latest checkpoint's state, population
+    rows None (the model that evaluation sees): EGGROLL layers holding the adapter, or (an in-place run, layers
+    empty) the trained weights themselves."""
     from .checkpoint import list_checkpoints, load_checkpoint
     from .config import load_config
     from .es import EggrollES
@@ -217,13 +228,25 @@ def export_run(run_dir: str | Path, out: str | Path, *, rank: int | None = None,
 
     out, run_dir = Path(out), require_run_dir(run_dir)
     # before any loading: only an earlier export may be replaced, and only with --force
-    check_output_folder(out, kind="PEFT export", markers=ADAPTER_FILES, protected=[run_dir], force=force,
-                        error=ExportError)
+    from .config import load_config
+
+    in_place = load_config(run_dir / "config.yaml").es.adapter_rank is None
+    check_output_folder(out, kind="model export" if in_place else "PEFT export",
+                        markers=("config.json", "model.safetensors") if in_place else ADAPTER_FILES,
+                        protected=[run_dir], force=force, error=ExportError)
     config, model, layers, state = load_run(run_dir)
-    rank = default_export_rank(layers) if rank is None else rank
-    check_export_rank(layers, rank)
     base_model = base_model_id(config.model.name)
     metrics = [r for r in MetricsLog(run_dir / "metrics.jsonl").read() if r["step"] <= state["step"]]
+    if in_place:  # what trained is the model itself
+        if rank is not None:
+            raise ExportError(f"{run_dir} trained its weights in place (es.adapter_rank null), so there is no adapter "
+                              "to cut to a rank: drop --rank (the export is the full model)")
+        tokenizer = load_tokenizer(config.model.name, trust_remote_code=config.model.trust_remote_code)
+        card = model_card(config, metrics, {"rank": None, "energy_kept": 1.0}, base_model, merged=True)
+        save_merged_model(model, tokenizer, out, config.model.name, card)
+        return {"out": str(out), "merged": str(out), "step": state["step"], "in_place": True}
+    rank = default_export_rank(layers) if rank is None else rank
+    check_export_rank(layers, rank)
     with atomic_directory(out, overwrite=True) as tmp:  # check_output_folder allowed replacing it
         summary = write_peft_adapter(layers, tmp, base_model, rank)
         model_card(config, metrics, summary, base_model).save(tmp / "README.md")
@@ -255,6 +278,10 @@ def add_export_parser(subparsers) -> None:
 
 def _run_export(args) -> int:
     result = export_run(args.run_dir, args.out, rank=args.rank, merged=args.merged, force=args.force)
+    if result.get("in_place"):
+        print(f"wrote {result['out']}: the full model of step {result['step']} (weights trained in place, "
+              "safetensors) with its tokenizer and model card")
+        return 0
     print(f"wrote {result['out']}: PEFT LoRA adapter of step {result['step']}, rank {result['rank']}, "
           f"{result['modules']} modules, energy kept {result['energy_kept']:.4f} (lowest layer)")
     if result["merged"]:

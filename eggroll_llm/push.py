@@ -35,6 +35,9 @@ def _score_rows(metrics: list[dict], key: str) -> list[tuple[str, dict]]:
     return [("base model", evals[0]), ("final", evals[-1]), ("best", best)]
 
 
+STRATEGY_TITLES = {"eggroll": "EGGROLL", "openai_es": "full-parameter ES"}
+
+
 def model_card(config: EggrollConfig, metrics: list[dict], summary: dict, base_model: str, *,
                merged: bool = False) -> ModelCard:
     """The README.md of an export (`merged`: of its merged/ model): base model, method, data, results, settings."""
@@ -53,7 +56,8 @@ def model_card(config: EggrollConfig, metrics: list[dict], summary: dict, base_m
     rows = "\n".join(f"| {label} | {r['step']} | {r[key]:.4f} | {r.get('eval_strict_accuracy', float('nan')):.4f} "
                      f"| {r.get('eval_n', '')} |" for label, r in _score_rows(metrics, key))
     last = metrics[-1] if metrics else {}
-    what = ("the base weights with the adapter merged in (W + ΔW, exact)" if merged else
+    what = ("the full model, its target weights trained in place (full-parameter ES)" if config.es.adapter_rank is None
+            else "the base weights with the adapter merged in (W + ΔW, exact)" if merged else
             f"a PEFT LoRA adapter, rank {summary['rank']}, lora_alpha {summary['rank']} (scaling 1)")
     truncated = (f"\nThe adapter is a truncated SVD of the trained update: it keeps {summary['energy_kept']:.4f} of "
                  "its energy in the lowest layer (the merged model keeps all of it).\n"
@@ -75,7 +79,7 @@ def model_card(config: EggrollConfig, metrics: list[dict], summary: dict, base_m
 {data.to_yaml()}
 ---
 
-# {task} — EGGROLL fine-tune of {config.model.name}
+# {task} — {STRATEGY_TITLES.get(config.es.strategy, "ES")} fine-tune of {config.model.name}
 
 This is {what}, trained from {base} with EGGROLL (evolution strategies with low-rank perturbations,
 [arXiv 2511.16652](https://arxiv.org/abs/2511.16652)) by `eggroll_llm`: no gradients, only rewards of the

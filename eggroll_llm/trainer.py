@@ -17,6 +17,7 @@ Shaped like TRL's GRPOTrainer:
 
 from __future__ import annotations
 
+import dataclasses
 import signal
 import time
 from dataclasses import asdict
@@ -31,9 +32,10 @@ from .distributed import init_processes, shard_rows, shard_seed
 from .engine import SamplingParams, get_engine
 from .es import EggrollES, population_layout
 from .evaluate import held_out_metrics
-from .export import base_model_id, export_peft_adapter, load_peft_adapter
+from .export import base_model_id, export_peft_adapter, load_peft_adapter, save_merged_model
 from .inputs import PromptSet, RewardSet, model_and_tokenizer, prompt_budget, run_config
 from .interrupt import Interrupted, StopSignals
+from .levers import SIGMA_FLOOR, aggregate_samples, answer_extractor, schedule_factor
 from .models import default_device
 from .rundir import prepare_run_dir
 from .runlog import MetricsLog, RunTotals, open_trackers, peak_memory_mb
@@ -86,6 +88,9 @@ class EggrollTrainer:
         self.row_shards = shard_rows(es.population_size, es.prompts_per_member, es.antithetic,
                                      self.processes.world_size)
         self.es = EggrollES.from_config(self.model, es, args.seed)
+        self.per_member = es.scoring == "per_member" or (es.scoring == "auto" and es.strategy == "openai_es")
+        self.answer_of = (answer_extractor(es.answer_fn, args.data.task) if es.aggregate == "majority_vote"
+                          else None)
         options = ({"gpu_memory_utilization": gen.gpu_memory_utilization, "seed": args.seed,
                     "trust_remote_code": args.model.trust_remote_code} if gen.engine == "vllm"
                    else {"max_batch_tokens": gen.max_batch_tokens})
@@ -136,8 +141,8 @@ class EggrollTrainer:
             if args.model.adapter is not None:  # continue from an existing adapter (docs/design.md §3)
                 load_peft_adapter(self.es.layers, args.model.adapter)
 
-        # what one data-parallel step would all-reduce instead: an fp32 gradient of every target matrix
-        allreduce_bytes = 4 * sum(layer.base.weight.numel() for layer in self.es.layers.values())
+        # what one data-parallel step would all-reduce instead: an fp32 gradient of every target
+        allreduce_bytes = 4 * sum(t.param.numel() for t in self.es.targets.values())
         last_eval = {}  # the latest held-out metrics, shown on the progress bar
         if state.step == 0:
             last_eval = self.evaluate(0)
@@ -153,13 +158,19 @@ class EggrollTrainer:
         while state.step < args.max_steps and (args.max_wall_s is None or state.wall_s < args.max_wall_s):
             start = time.perf_counter()
             population = self.es.ask()
+            levers = self._schedules(state.step)
             chosen = prompt_indices(len(self.train_set), state.step, prompts_per_step, args.seed)
-            prompts, prompt_ids, columns = self.train_set.select([chosen[s] for s in slots[mine].tolist()])
+            K = es.samples_per_prompt                                   # rows: K consecutive samples per slot
+            prompts, prompt_ids, columns = self.train_set.select(
+                [chosen[s] for s in slots[mine].repeat_interleave(K).tolist()])
             sampling = SamplingParams(max_new_tokens=gen.max_new_tokens, temperature=gen.temperature, top_p=gen.top_p,
-                                      seed=shard_seed(args.seed * 1_000_003 + state.step, mine.start))
-            completions = self.engine.generate(prompt_ids, sampling, member_ids=members[mine].tolist())
+                                      seed=args.seed * 1_000_003 + state.step)
+            completions = self._generate(prompt_ids, sampling, members[mine].repeat_interleave(K), mine.start * K)
             scores, _ = self.rewards(prompts, self.train_set.completions([c.text for c in completions]),
                                      [c.token_ids for c in completions], columns)
+            if K > 1:  # one score per (member, prompt): es.aggregate over its K samples
+                answers = None if self.answer_of is None else [self.answer_of(c.text) for c in completions]
+                scores = aggregate_samples(scores, K, es.aggregate, answers)
             # every process needs every row's score (per-prompt means, global std): gather them, then shape alike
             counts = [sum(c.num_tokens for c in completions), self.engine.last_stats.prompt_tokens]
             scores, (new_tokens, prompt_tokens) = processes.gather_rows(scores, counts, self.row_shards)
@@ -169,7 +180,7 @@ class EggrollTrainer:
             step_s = processes.main_value(time.perf_counter() - start, "the step time")  # one clock decides stops
             state = state.advance(step_s, len(members), new_tokens, prompt_tokens)
             record = {**state.record(), "reward_mean": float(scores.mean()), "reward_std": float(scores.std()),
-                      "update_norm": update["update_norm"], "step_s": round(step_s, 3),
+                      "update_norm": update["update_norm"], **levers, "step_s": round(step_s, 3),
                       "tokens_per_s": round(new_tokens / step_s, 1),
                       "peak_mem_mb": round(peak_memory_mb(self.device), 1)}
             out_of_time = args.max_wall_s is not None and state.wall_s >= args.max_wall_s
@@ -180,7 +191,7 @@ class EggrollTrainer:
                 record.update(last_eval)
             saving = state.step % args.save_every == 0 or finished or stopping
             if saving:
-                processes.check_in_sync(self.es.layers, state.step)
+                processes.check_in_sync(self.es.state_dict(), state.step)
             record.update(processes.traffic(allreduce_bytes))
             if processes.is_main:
                 log.log(record)
@@ -194,12 +205,44 @@ class EggrollTrainer:
                             tok_s=f"{record['tokens_per_s']:.0f}")
         bar.close()
 
+    def _generate(self, prompt_ids: list, sampling: SamplingParams, members: torch.Tensor, first_row: int) -> list:
+        """Completions of this process's rows (`first_row`: the step's index of its first row). Batched: one
+        generation of every member's perturbed model. Per member (full-rank strategies, Qiu et al. 2025): each
+        member's noise written into the weights in turn, the plain model generating that member's rows, the exact
+        centre restored afterwards."""
+        if not self.per_member:
+            return self.engine.generate(prompt_ids, dataclasses.replace(sampling, seed=shard_seed(sampling.seed,
+                                                                                                  first_row)),
+                                        member_ids=members.tolist())
+        out = []
+        with self.es.members() as apply:
+            for member in members.unique_consecutive().tolist():
+                rows = (members == member).nonzero().squeeze(1).tolist()
+                apply(member)
+                seed = shard_seed(sampling.seed, first_row + rows[0])  # rows of different members: other uniforms
+                out += self.engine.generate([prompt_ids[i] for i in rows], dataclasses.replace(sampling, seed=seed))
+        return out
+
+    def _schedules(self, step: int) -> dict:
+        """σ and lr of the update of `step` (es.sigma_schedule, es.lr_schedule, es.warmup_steps); their values."""
+        es, total = self.args.es, self.args.max_steps
+        sigma = es.sigma * schedule_factor(es.sigma_schedule, step, total, 0, SIGMA_FLOOR)
+        lr = es.lr * schedule_factor(es.lr_schedule, step, total, es.warmup_steps)
+        self.es.set_sigma(sigma)
+        self.es.set_lr(lr)
+        return {"sigma": sigma, "lr": lr}
+
     def save(self, run_dir: Path, state: RunTotals) -> None:
-        """A resumable checkpoint of `state`, and the adapter as a PEFT folder in adapter/ (main process)."""
+        """A resumable checkpoint of `state`, and what the run trained (main process): the adapter as a PEFT folder in
+        adapter/, or (in place) the merged model in model/."""
         save_checkpoint(run_dir, state.step, self.es.state_dict(), asdict(state))
-        export_peft_adapter(self.es.layers, run_dir / "adapter", base_model_id(self.args.model.name), overwrite=True)
+        if self.es.in_place:
+            save_merged_model(self.model, self.tokenizer, run_dir / "model", self.args.model.name)
+        else:
+            export_peft_adapter(self.es.layers, run_dir / "adapter", base_model_id(self.args.model.name),
+                                overwrite=True)
 
     def _sizes(self) -> dict:
         """Parameter counts for budget estimates (compare's FLOPs axis): the base model, and what ES trains."""
-        trained = sum(b.numel() for layer in self.es.layers.values() for b in layer.buffers(recurse=False))
-        return {"model_params": sum(p.numel() for p in self.model.parameters()), "trainable_params": trained}
+        return {"model_params": sum(p.numel() for p in self.model.parameters()),
+                "trainable_params": self.es.trained_numel()}

@@ -36,6 +36,7 @@ from pathlib import Path
 
 from ..export import VLLM_LORA_RANKS, save_lora_folder
 from ..perturbed import EggrollLinear, Population, eggroll_layers
+from ..strategy import LowRankNoise
 from .base import (
     Completion,
     Engine,
@@ -81,9 +82,13 @@ def member_lora_factors(layer: EggrollLinear, population: Population | None, mem
         raise EngineError(FULL_RANK_REFUSAL)
     left, right = layer.lora_U.float(), layer.lora_V.float()                    # [m, R], [n, R]
     if member is not None:
-        A, B = population.noise(layer.layer_index, layer.out_features, layer.in_features, left.device)  # [P, m|n, r]
+        noise = population.noise(layer.target)
+        if not isinstance(noise, LowRankNoise):
+            raise EngineError("the vllm engine runs members as LoRA adapters, so it needs low-rank noise "
+                              "(es.strategy: eggroll); use the hf engine for full-rank strategies")
+        A, B = noise                                                            # [P, m|n, r]
         pair = int(population.pairs[member])
-        scale = population.signs[member] * (population.sigma / math.sqrt(population.rank))  # s_i σ/√r, fp32
+        scale = population.signs[member] * (population.sigma / math.sqrt(A.shape[-1])) * layer.target.scale
         left = torch.cat([left, A[pair] * scale.to(left.device)], dim=1)       # [m, R + r]
         right = torch.cat([right, B[pair]], dim=1)                              # [n, R + r]
     if left.shape[1] > rank:
