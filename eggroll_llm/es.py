@@ -41,7 +41,7 @@ from .es_layers import select_targets
 from .fitness import FitnessShaping, resolve_shaping, shape_fitness
 from .inplace import InPlaceStore
 from .optim import Optimizer, resolve_optimizer
-from .perturbed import Population, attach_eggroll
+from .perturbed import Population, attach_eggroll, target_linears
 from .strategy import LowRankNoise, Strategy, Target, member_noise, resolve_strategy
 
 SIGMA_SCALES = ("absolute", "weight_rms")
@@ -61,8 +61,8 @@ class EggrollES:
     with x = X.expand(N, -1, -1) the first layer's base matmul runs once. Conv and embedding inputs take the flat
     member-major layout ([N·B, ...], rows population_rows(population, B)): equal runs of a member cost the same.
 
-    Selection (in place): every parameter with requires_grad=True, narrowed by `target_modules` (module names: list
-    of suffixes or a regex) and `param_filter(name, param) -> bool`; frozen parameters are never touched. Adapter
+    Selection (in place): every parameter with requires_grad=True (or every one, `include_frozen`), narrowed by
+    `target_modules` (module names: list of suffixes or a regex) and `param_filter(name, param) -> bool`. Adapter
     mode (`adapter_rank`): the nn.Linear layers `target_modules` selects (default: those in the transformer blocks).
     `strategy`: a name in strategy.STRATEGIES, `package.module:Class` or a Strategy (default: EGGROLL at `rank`).
     `fitness`: a name in fitness.FITNESS_METHODS or a callable (scores [N, J], prompt_ids [N, J]) -> [N] ("none"
@@ -76,7 +76,7 @@ class EggrollES:
                  target_modules: list[str] | str | None = None,
                  param_filter: Callable[[str, nn.Parameter], bool] | None = None, momentum: float = 0.0,
                  weight_decay: float = 0.0, fitness: str | FitnessShaping = "group_centered",
-                 sigma_scale: str = "absolute", optimizer: str | Optimizer = "sgd"):
+                 sigma_scale: str = "absolute", optimizer: str | Optimizer = "sgd", include_frozen: bool = False):
         if sigma_scale not in SIGMA_SCALES:
             raise ValueError(f"sigma_scale must be one of {', '.join(SIGMA_SCALES)}, got {sigma_scale!r}")
         if strategy is not None and not isinstance(strategy, str) and rank != 1:
@@ -91,7 +91,7 @@ class EggrollES:
                                      seed=seed, noise_reuse=noise_reuse, strategy=self.strategy)
         if adapter_rank is None:
             self.layers = {}
-            self.targets = select_targets(model, target_modules, param_filter)
+            self.targets = select_targets(model, target_modules, param_filter, include_frozen)
             self.store = InPlaceStore(model, self.population, self.targets)
         else:
             if param_filter is not None:
@@ -106,12 +106,18 @@ class EggrollES:
 
     @classmethod
     def from_config(cls, model: nn.Module, es, seed: int) -> EggrollES:
-        """The ES of a run: `es` is the run config's `es` section (config.ESConfig); adapter_rank null = in place."""
+        """The ES of a run: `es` is the run config's `es` section (config.ESConfig). adapter_rank null = in place,
+        on the weights and biases of the modules `target_modules` names (default: the nn.Linear layers of the
+        transformer blocks, as in adapter mode; '.*' for every parameter, as full-parameter ES perturbs them)."""
+        targets, param_filter = es.target_modules, None
+        if es.adapter_rank is None and targets in (None, "all-linear"):
+            modules = {name for name, _ in target_linears(model, targets)}
+            targets, param_filter = None, (lambda name, p: name.rpartition(".")[0] in modules)
         return cls(model, population_size=es.population_size, sigma=es.sigma, lr=es.lr, rank=es.rank,
                    adapter_rank=es.adapter_rank, strategy=es.strategy, antithetic=es.antithetic,
-                   noise_reuse=es.noise_reuse, seed=seed, target_modules=es.target_modules, momentum=es.momentum,
-                   weight_decay=es.weight_decay, fitness=es.fitness, sigma_scale=es.sigma_scale,
-                   optimizer=es.optimizer)
+                   noise_reuse=es.noise_reuse, seed=seed, target_modules=targets, param_filter=param_filter,
+                   momentum=es.momentum, weight_decay=es.weight_decay, fitness=es.fitness,
+                   sigma_scale=es.sigma_scale, optimizer=es.optimizer, include_frozen=True)
 
     @property
     def in_place(self) -> bool:

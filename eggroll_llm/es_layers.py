@@ -61,16 +61,18 @@ def row_plan(population: Population, device: torch.device) -> RowPlan:
 
 
 def select_targets(model: nn.Module, target_modules: list[str] | str | None = None,
-                   param_filter: Callable[[str, nn.Parameter], bool] | None = None) -> dict[str, Target]:
+                   param_filter: Callable[[str, nn.Parameter], bool] | None = None,
+                   include_frozen: bool = False) -> dict[str, Target]:
     """The parameters the ES moves, by name, in named_parameters order (= their index in the noise key).
 
     Every parameter with requires_grad=True, narrowed by `target_modules` (module names, PEFT's rule: list entries
     match as name suffixes, a string is a regex over the full name; a module's own parameters are selected) and
-    by `param_filter(name, param) -> bool`. Frozen parameters (requires_grad=False) are never selected.
+    by `param_filter(name, param) -> bool`. Frozen parameters (requires_grad=False) are never selected, unless
+    `include_frozen` (a loaded LLM is frozen: ES needs no gradients, so the recipe's targets decide alone).
     """
     owners = {id(p): type(module) for _, module in model.named_modules() for p in module.parameters(recurse=False)}
     named = list(model.named_parameters())
-    chosen = [(name, p) for name, p in named if p.requires_grad
+    chosen = [(name, p) for name, p in named if (p.requires_grad or include_frozen)
               and (target_modules is None or _matches(name.rpartition(".")[0], target_modules))
               and (param_filter is None or param_filter(name, p))]
     if not chosen:

@@ -367,6 +367,17 @@ def attach_eggroll(model: nn.Module, population: Population, target_modules: lis
     if eggroll_layers(model):
         raise TargetModulesError("this model already has EGGROLL layers; attach once and reuse the returned layers "
                                  "(or find them with eggroll_layers(model))")
+    layers = {}
+    for index, (name, base) in enumerate(target_linears(model, target_modules)):
+        base.requires_grad_(False)
+        parent, _, child = name.rpartition(".")
+        layers[name] = EggrollLinear(base, index, population, adapter_rank, name)
+        setattr(model.get_submodule(parent), child, layers[name])
+    return layers
+
+
+def target_linears(model: nn.Module, target_modules: list[str] | str | None) -> list[tuple[str, nn.Linear]]:
+    """The nn.Linear modules `target_modules` selects, in named_modules order (see attach_eggroll for the rules)."""
     get_head = getattr(model, "get_output_embeddings", None)
     head = get_head() if callable(get_head) else None
     linears = [(name, module) for name, module in model.named_modules() if isinstance(module, nn.Linear)]
@@ -383,13 +394,7 @@ def attach_eggroll(model: nn.Module, population: Population, target_modules: lis
             f"target_modules={target_modules!r} matches no nn.Linear in {type(model).__name__}; its linear layers "
             f"end in: {', '.join(suffixes) or '(none)'}. Give a list of these names (matched as suffixes of the "
             "full module name) or a regex that matches the full name, e.g. '.*\\.(q_proj|v_proj)'")
-    layers = {}
-    for index, (name, base) in enumerate(chosen):
-        base.requires_grad_(False)
-        parent, _, child = name.rpartition(".")
-        layers[name] = EggrollLinear(base, index, population, adapter_rank, name)
-        setattr(model.get_submodule(parent), child, layers[name])
-    return layers
+    return chosen
 
 
 def eggroll_layers(model: nn.Module) -> dict[str, EggrollLinear]:

@@ -178,7 +178,7 @@ class EggrollTrainer:
             N = population.population_size
             update = self.es.tell(scores.view(N, -1), slots.view(N, -1))
             step_s = processes.main_value(time.perf_counter() - start, "the step time")  # one clock decides stops
-            state = state.advance(step_s, len(members), new_tokens, prompt_tokens)
+            state = state.advance(step_s, len(members) * K, new_tokens, prompt_tokens)
             record = {**state.record(), "reward_mean": float(scores.mean()), "reward_std": float(scores.std()),
                       "update_norm": update["update_norm"], **levers, "step_s": round(step_s, 3),
                       "tokens_per_s": round(new_tokens / step_s, 1),

@@ -12,7 +12,6 @@ import torch
 from torch import nn
 from transformers import AutoModelForCausalLM, GemmaConfig, LlamaConfig, MistralConfig, Phi3Config, Qwen2Config
 
-from eggroll_llm import perturbed
 from eggroll_llm.noise import PopulationError, layer_noise, member_pairs, noise_seed
 from eggroll_llm.perturbed import EggrollLinear, Population, TargetModulesError, attach_eggroll, eggroll_layers
 
