@@ -151,6 +151,9 @@ class EggrollConfig:
     seed: int = _help("fixes data order, noise and sampling: the same seed gives the same metrics", 0)
     max_steps: int = _help("stop after this many updates", 100)
     max_wall_s: float | None = _help("stop after this many seconds of training (evaluation excluded)", None)
+    budget_clock: str = _help("how training seconds (wall_s, max_wall_s) are counted: wall (elapsed time) or process "
+                              "(this process's CPU time: on a machine shared with other jobs, the budget a one-thread "
+                              "run would have on a quiet one)", "wall")
     eval_every: int = _help("evaluate on the held-out split every K steps (and at the start and end)", 10)
     save_every: int = _help("write a resumable checkpoint every K steps (and at the end)", 10)
     distributed_timeout_s: float = _help("multi-process runs (eggroll): seconds a process waits for the others at "
@@ -314,6 +317,7 @@ def validate(config: EggrollConfig) -> None:
     from .fitness import FITNESS_METHODS
     from .levers import AGGREGATES, SCHEDULES, SCORINGS
     from .optim import OPTIMIZERS
+    from .runlog import BUDGET_CLOCKS
     from .strategy import STRATEGIES
 
     es, gen, data = config.es, config.generation, config.data
@@ -326,6 +330,8 @@ def validate(config: EggrollConfig) -> None:
         (config.method in ("eggroll", "grpo"), f"method must be eggroll or grpo, got {config.method!r}"),
         (config.max_steps >= 1, f"max_steps must be >= 1, got {config.max_steps}"),
         (config.max_wall_s is None or config.max_wall_s > 0, "max_wall_s must be > 0 (or null for no limit)"),
+        (config.budget_clock in BUDGET_CLOCKS,
+         f"budget_clock must be {' or '.join(BUDGET_CLOCKS)}, got {config.budget_clock!r}"),
         (config.eval_every >= 1 and config.save_every >= 1, "eval_every and save_every must be >= 1"),
         (config.distributed_timeout_s > 0, f"distributed_timeout_s must be > 0, got {config.distributed_timeout_s}"),
         (config.model.dtype in ("float32", "bfloat16", "float16"),

@@ -41,7 +41,7 @@ from .interrupt import Interrupted, StopSignals
 from .io import atomic_directory
 from .models import default_device
 from .rundir import prepare_run_dir
-from .runlog import MetricsLog, RunTotals, open_trackers, peak_memory_mb
+from .runlog import BUDGET_CLOCKS, MetricsLog, RunTotals, open_trackers, peak_memory_mb
 
 # transformers renamed TrainingArguments.gradient_checkpointing (the old name warns); older releases know only it
 _CHECKPOINTING = ("activation_checkpointing" if "activation_checkpointing" in TrainingArguments.__dataclass_fields__
@@ -122,9 +122,10 @@ class RunLogCallback(TrainerCallback):
     """
 
     def __init__(self, log: MetricsLog, tally: RolloutTally, held_out: Callable[[torch.nn.Module, int], dict],
-                 totals: RunTotals, eval_every: int, max_wall_s: float | None, stop: StopSignals):
+                 totals: RunTotals, eval_every: int, max_wall_s: float | None, stop: StopSignals,
+                 clock: Callable[[], float] = time.perf_counter):
         self.log, self.tally, self.held_out, self.totals = log, tally, held_out, totals
-        self.eval_every, self.max_wall_s, self.stop = eval_every, max_wall_s, stop
+        self.eval_every, self.max_wall_s, self.stop, self.clock = eval_every, max_wall_s, stop, clock
         self._start = 0.0
 
     def on_train_begin(self, args, state, control, model=None, **kwargs):
@@ -132,10 +133,10 @@ class RunLogCallback(TrainerCallback):
             self.log.log({**RunTotals().record(), **parameter_counts(model), **self.held_out(model, 0)})
 
     def on_step_begin(self, args, state, control, **kwargs):
-        self._start = time.perf_counter()
+        self._start = self.clock()
 
     def on_step_end(self, args, state, control, model=None, **kwargs):
-        step_s = time.perf_counter() - self._start
+        step_s = self.clock() - self._start
         scores, tokens, prompt_tokens = self.tally.take()
         self.totals = self.totals.advance(step_s, len(scores), tokens, prompt_tokens)
         record = {**self.totals.record(), "reward_mean": float(scores.mean()), "reward_std": float(scores.std()),
@@ -279,7 +280,8 @@ class GRPOBaselineTrainer:
             # choice); with Adam the scale trades against learning_rate, so it is not a separate knob.
             peft_config = LoraConfig(r=grpo.lora_rank, lora_alpha=2 * grpo.lora_rank, target_modules="all-linear",
                                      task_type="CAUSAL_LM")
-        callback = RunLogCallback(log, tally, self.held_out, totals, config.eval_every, config.max_wall_s, stop)
+        callback = RunLogCallback(log, tally, self.held_out, totals, config.eval_every, config.max_wall_s, stop,
+                                  BUDGET_CLOCKS[config.budget_clock])
         with warnings.catch_warnings():
             # raised inside TRL's own calls into transformers (old keyword names); nothing a user can change
             old_names = r"past_key_values|is_gradient_checkpointing|gradient_checkpointing_(en|dis)able"

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import dataclasses
 import signal
-import time
 from dataclasses import asdict
 from pathlib import Path
 
@@ -38,7 +37,7 @@ from .interrupt import Interrupted, StopSignals
 from .levers import SIGMA_FLOOR, aggregate_samples, answer_extractor, schedule_factor
 from .models import default_device
 from .rundir import prepare_run_dir
-from .runlog import MetricsLog, RunTotals, open_trackers, peak_memory_mb
+from .runlog import BUDGET_CLOCKS, MetricsLog, RunTotals, open_trackers, peak_memory_mb
 
 
 def prompt_indices(num_examples: int, step: int, count: int, seed: int) -> list[int]:
@@ -152,11 +151,11 @@ class EggrollTrainer:
         members, slots = population_layout(es.population_size, es.members_per_prompt, es.prompts_per_member)
         prompts_per_step = int(slots.max()) + 1
         mine = self.row_shards[processes.rank]                          # this process's rows of the layout
-        gen = args.generation
+        gen, clock = args.generation, BUDGET_CLOCKS[args.budget_clock]
         bar = tqdm(total=args.max_steps, initial=state.step, desc="eggroll", unit="step",
                    disable=args.disable_tqdm or not processes.is_main)
         while state.step < args.max_steps and (args.max_wall_s is None or state.wall_s < args.max_wall_s):
-            start = time.perf_counter()
+            start = clock()
             population = self.es.ask()
             levers = self._schedules(state.step)
             chosen = prompt_indices(len(self.train_set), state.step, prompts_per_step, args.seed)
@@ -177,7 +176,7 @@ class EggrollTrainer:
             # scores: [N * J] member-major -> [N, J]; slots name the prompt each score belongs to
             N = population.population_size
             update = self.es.tell(scores.view(N, -1), slots.view(N, -1))
-            step_s = processes.main_value(time.perf_counter() - start, "the step time")  # one clock decides stops
+            step_s = processes.main_value(clock() - start, "the step time")  # one clock decides stops
             state = state.advance(step_s, len(members) * K, new_tokens, prompt_tokens)
             record = {**state.record(), "reward_mean": float(scores.mean()), "reward_std": float(scores.std()),
                       "update_norm": update["update_norm"], **levers, "step_s": round(step_s, 3),

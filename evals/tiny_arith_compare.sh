@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # Reproduces the README's tiny-arith comparison: EGGROLL vs GRPO on the embedded model, K seeds per method (default
 # 3), every run at an equal 10-minute training wall-clock (max_wall_s: 600 in both recipes) and evaluated on 500
-# held-out problems, then the comparison report (means with 95% intervals over seeds, docs/compare.md). The two
-# methods' runs of one seed go at once, one CPU thread each, so on a 2-core machine each run has one core to itself
-# for the same 10 minutes; the seeds run one after another.
-#   bash evals/tiny_arith_compare.sh [--seeds K] [--eval-limit N] [--results DIR] [RUNS_DIR] [-- OVERRIDE ...]
+# held-out problems, then the comparison report (means with 95% intervals over seeds, docs/compare.md). The
+# methods' runs of one seed go at once, one CPU thread each, so on a 2-core machine two runs have one core each
+# for the same 10 minutes; the seeds run one after another. --recipes picks other recipes/tiny-arith-NAME.yaml
+# (evals/three_way_compare.sh runs eggroll-blocks,es-fullrank,grpo).
+#   bash evals/tiny_arith_compare.sh [--seeds K] [--eval-limit N] [--results DIR] [--recipes A,B,...] [RUNS_DIR]
+#                                    [-- OVERRIDE ...]
 #   (about 20 minutes a seed on a 2-core CPU, an hour for 3: evaluating 500 problems every 5 steps adds to the
 #   10 minutes of training each run is allowed)
 # OVERRIDEs go to every training run, as `eggroll-llm train` takes them; a quick check of the script itself:
@@ -15,8 +17,10 @@
 # Rerunning with the same RUNS_DIR keeps every run that finished (its log ends "run written to") and starts again
 # any run that was interrupted, so a stopped script picks up where it left off.
 set -euo pipefail
-usage="usage: bash evals/tiny_arith_compare.sh [--seeds K] [--eval-limit N] [--results DIR] [RUNS_DIR] [-- OVERRIDE…]"
-command="bash evals/tiny_arith_compare.sh $*"
+usage="usage: bash evals/tiny_arith_compare.sh [--seeds K] [--eval-limit N] [--results DIR] [--recipes A,B] [RUNS_DIR] \
+[-- OVERRIDE…]"
+command="bash ${COMPARE_COMMAND:-evals/tiny_arith_compare.sh $*}"
+recipes=eggroll,grpo
 seeds=3
 limit=500
 results=evals/results/tiny-arith-compare
@@ -24,9 +28,9 @@ runs=""
 overrides=()
 while (($#)); do
   case $1 in
-    --seeds | --eval-limit | --results)
+    --seeds | --eval-limit | --results | --recipes)
       (($# > 1)) || { echo "$1 needs a value; $usage" >&2; exit 2; }
-      case $1 in --seeds) seeds=$2 ;; --eval-limit) limit=$2 ;; --results) results=$2 ;; esac
+      case $1 in --seeds) seeds=$2 ;; --eval-limit) limit=$2 ;; --results) results=$2 ;; --recipes) recipes=$2 ;; esac
       shift 2 ;;
     --) shift; overrides=("$@"); break ;;
     -*) echo "$usage" >&2; exit 2 ;;
@@ -38,6 +42,10 @@ if ! [[ $seeds =~ ^[1-9][0-9]*$ && $limit =~ ^[1-9][0-9]*$ ]]; then
   exit 2
 fi
 cd "$(dirname "$0")/.."
+IFS=, read -r -a methods <<< "$recipes"
+for m in "${methods[@]}"; do
+  [[ -f recipes/tiny-arith-$m.yaml ]] || { echo "--recipes: no recipes/tiny-arith-$m.yaml; $usage" >&2; exit 2; }
+done
 runs=${runs:-runs/compare-$(date +%Y%m%d-%H%M%S)}
 mkdir -p "$runs"
 export OMP_NUM_THREADS=1
@@ -51,21 +59,23 @@ train() {  # train METHOD SEED: one run in the background, its pid in $pid (none
   pid=$!
 }
 for ((seed = 0; seed < seeds; seed++)); do
-  train eggroll "$seed"; eggroll=$pid
-  train grpo "$seed"; grpo=$pid
-  [[ -z $eggroll ]] || wait $eggroll || { echo "EGGROLL seed $seed failed: see $runs/eggroll-seed$seed.log" >&2; exit 1; }
-  [[ -z $grpo ]] || wait $grpo || { echo "GRPO seed $seed failed: see $runs/grpo-seed$seed.log" >&2; exit 1; }
+  pids=()
+  for m in "${methods[@]}"; do train "$m" "$seed"; pids+=("$pid"); done
+  for i in "${!methods[@]}"; do
+    [[ -z ${pids[$i]} ]] || wait "${pids[$i]}" \
+      || { echo "${methods[$i]} seed $seed failed: see $runs/${methods[$i]}-seed$seed.log" >&2; exit 1; }
+  done
 done
 dirs=()
-for m in eggroll grpo; do
+for m in "${methods[@]}"; do
   for ((seed = 0; seed < seeds; seed++)); do dirs+=("$runs/$m-seed$seed"); done
 done
 eggroll-llm compare "${dirs[@]}" --out "$results" --force
 # what each run changed: the share of greedy held-out answers that show their work (evals/diagnostics/answer_modes.py)
 eggroll-llm eval --split validation --limit "$limit" --json --out "$runs/base.eval.jsonl" > /dev/null
-for dir in "${dirs[@]}"; do
-  eggroll-llm eval --adapter "$dir/adapter" --split validation --limit "$limit" --json --out "$dir.eval.jsonl" \
-    > /dev/null
+for dir in "${dirs[@]}"; do  # what the run trained: an adapter, or (full-parameter runs) the whole model
+  if [[ -d $dir/adapter ]]; then trained=(--adapter "$dir/adapter"); else trained=(--model "$dir/model"); fi
+  eggroll-llm eval "${trained[@]}" --split validation --limit "$limit" --json --out "$dir.eval.jsonl" > /dev/null
 done
 python evals/diagnostics/answer_modes.py "$runs/base.eval.jsonl" "${dirs[@]/%/.eval.jsonl}" > "$runs/answer_modes.jsonl"
 python - "$runs" "$results" "$command" <<'PY'

@@ -64,7 +64,7 @@ def dry_run(capsys, recipe: Path, data: Path, *extra: str) -> tuple[int, str, st
 
 
 def test_recipes_found():
-    assert len(RECIPES) >= 10 and len(GSM8K_RECIPES) == 6 and len(GPU_RECIPES) == 8
+    assert len(RECIPES) >= 10 and len(GSM8K_RECIPES) == 6 and len(GPU_RECIPES) == 9
 
 
 @pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: p.name)
@@ -86,6 +86,12 @@ def test_gpu_pairs_share_model_data_and_budget(recipe):
     assert eggroll.data.task in ("gsm8k", "countdown") and eggroll.data.data_path is None  # Hub / generated
     assert eggroll.model.name in HUB_ARCHS  # so that --dry_run builds it offline
     assert eggroll.generation.temperature == 0.0 and grpo.grpo.temperature > 0  # greedy ES, sampled GRPO
+    fullrank = recipe.with_name(recipe.name.replace("-eggroll", "-es-fullrank"))
+    if fullrank.is_file():  # the other ES family, on the same budget
+        other = load_config(fullrank)
+        for key in ("seed", "max_wall_s", "rewards", "reward_weights", "model", "data", "generation"):
+            assert getattr(other, key) == getattr(eggroll, key), key
+        assert (other.es.strategy, other.es.adapter_rank, other.es.population_size) == ("openai_es", None, 30)
 
 
 @pytest.mark.parametrize("arch", sorted(PUBLISHED))
@@ -130,7 +136,8 @@ def test_gpu_recipe_dry_run_one_step(recipe, gsm8k_dir, tmp_path, capsys):
     assert saved["model"]["dry_run_random_init"] and saved["model"]["dry_run_shrink"] and saved["max_steps"] == 1
     if recipe_values["method"] == "eggroll":
         assert records[1]["update_norm"] > 0  # the fold really ran
-        assert (run / "adapter" / "adapter_model.safetensors").is_file()
+        in_place = recipe_values["es"].get("adapter_rank", 8) is None  # full-parameter ES: the model is what trained
+        assert (run / ("model/model.safetensors" if in_place else "adapter/adapter_model.safetensors")).is_file()
     else:
         assert records[1]["reward_std"] > 0
         lora_b = [t for k, t in load_file(run / "adapter" / "adapter_model.safetensors").items() if "lora_B" in k]

@@ -114,3 +114,17 @@ def test_levers_reach_the_run_and_are_recorded(tmp_path):
     assert records[1]["sigma"] == pytest.approx(0.02)
     saved = load_config(run / "config.yaml").es
     assert (saved.samples_per_prompt, saved.aggregate, saved.lr_schedule) == (3, "majority_vote", "linear")
+
+
+def test_a_process_clock_budget_stops_on_the_runs_own_clock(tmp_path, monkeypatch):
+    from eggroll_llm import runlog
+
+    ticks = iter(range(0, 10_000, 100))  # a process clock that advances 100 s per reading
+    monkeypatch.setitem(runlog.BUDGET_CLOCKS, "process", lambda: float(next(ticks)))
+    es = {"strategy": "eggroll", "adapter_rank": 2, "antithetic": True, "population_size": 2,
+          "members_per_prompt": 2, "prompts_per_member": 1}
+    run = run_recipe(config(tmp_path / "run", steps=20, es=es, budget_clock="process", max_wall_s=150.0,
+                            generation={"max_new_tokens": 4}))
+    records = untimed(run / "metrics.jsonl")
+    assert [r["step"] for r in records] == [0, 1, 2]          # 100 "seconds" a step: the budget ends after two
+    assert json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])["wall_s"] == 200.0
