@@ -68,7 +68,7 @@ class Population:
         self.version = 0  # bumped whenever the noise, σ or the rows change; layers key their gathered factors on it
         self._step, self._rows = step, None
         self._noise: dict[int, Noise] = {}                      # target index -> this window's fp32 noise
-        self._cast: dict[tuple, Noise] = {}                     # (index, device, dtype) -> the noise cast
+        self._cast: dict[tuple, Noise] = {}                     # (index, dtype) -> that noise, cast
         self._row_factors: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
 
     @property

@@ -5,8 +5,10 @@
 # methods' runs of one seed go at once, one CPU thread each, so on a 2-core machine two runs have one core each
 # for the same 10 minutes; the seeds run one after another. --recipes picks other recipes/tiny-arith-NAME.yaml
 # (evals/three_way_compare.sh runs eggroll-blocks,es-fullrank,grpo).
-#   bash evals/tiny_arith_compare.sh [--seeds K] [--eval-limit N] [--results DIR] [--recipes A,B,...] [RUNS_DIR]
-#                                    [-- OVERRIDE ...]
+#   bash evals/tiny_arith_compare.sh [--seeds K] [--eval-limit N] [--results DIR] [--recipes A,B,...]
+#                                    [--seeds-at-once] [RUNS_DIR] [-- OVERRIDE ...]
+# --seeds-at-once starts every seed's runs together instead of one seed after another (with budget_clock: process,
+# each run still gets its own budget of CPU seconds, however many share the machine).
 #   (about 20 minutes a seed on a 2-core CPU, an hour for 3: evaluating 500 problems every 5 steps adds to the
 #   10 minutes of training each run is allowed)
 # OVERRIDEs go to every training run, as `eggroll-llm train` takes them; a quick check of the script itself:
@@ -17,8 +19,9 @@
 # Rerunning with the same RUNS_DIR keeps every run that finished (its log ends "run written to") and starts again
 # any run that was interrupted, so a stopped script picks up where it left off.
 set -euo pipefail
-usage="usage: bash evals/tiny_arith_compare.sh [--seeds K] [--eval-limit N] [--results DIR] [--recipes A,B] [RUNS_DIR] \
-[-- OVERRIDE…]"
+usage="usage: bash evals/tiny_arith_compare.sh [--seeds K] [--eval-limit N] [--results DIR] [--recipes A,B] \
+[--seeds-at-once] [RUNS_DIR] [-- OVERRIDE…]"
+together=0
 command="bash ${COMPARE_COMMAND:-evals/tiny_arith_compare.sh $*}"
 recipes=eggroll,grpo
 seeds=3
@@ -32,6 +35,7 @@ while (($#)); do
       (($# > 1)) || { echo "$1 needs a value; $usage" >&2; exit 2; }
       case $1 in --seeds) seeds=$2 ;; --eval-limit) limit=$2 ;; --results) results=$2 ;; --recipes) recipes=$2 ;; esac
       shift 2 ;;
+    --seeds-at-once) together=1; shift ;;
     --) shift; overrides=("$@"); break ;;
     -*) echo "$usage" >&2; exit 2 ;;
     *) runs=$1; shift ;;
@@ -58,13 +62,15 @@ train() {  # train METHOD SEED: one run in the background, its pid in $pid (none
     --data.eval_limit "$limit" --no-progress "${overrides[@]}" > "$runs/$1-seed$2.log" 2>&1 &
   pid=$!
 }
+pids=() names=()
 for ((seed = 0; seed < seeds; seed++)); do
-  pids=()
-  for m in "${methods[@]}"; do train "$m" "$seed"; pids+=("$pid"); done
-  for i in "${!methods[@]}"; do
-    [[ -z ${pids[$i]} ]] || wait "${pids[$i]}" \
-      || { echo "${methods[$i]} seed $seed failed: see $runs/${methods[$i]}-seed$seed.log" >&2; exit 1; }
-  done
+  for m in "${methods[@]}"; do train "$m" "$seed"; pids+=("$pid"); names+=("$m-seed$seed"); done
+  if ((!together || seed == seeds - 1)); then
+    for i in "${!pids[@]}"; do
+      [[ -z ${pids[$i]} ]] || wait "${pids[$i]}" || { echo "${names[$i]} failed: see $runs/${names[$i]}.log" >&2; exit 1; }
+    done
+    pids=() names=()
+  fi
 done
 dirs=()
 for m in "${methods[@]}"; do
