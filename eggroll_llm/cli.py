@@ -11,15 +11,12 @@ import os
 import shlex
 import sys
 import warnings
+from importlib import import_module
 from pathlib import Path
 
-from .bench import add_bench_parser
-from .compare import add_compare_parser
 from .config import DRY_RUN_MODES
-from .export import add_export_parser
 from .interrupt import Interrupted
 from .io import atomic_write_text
-from .push import add_push_parser
 
 
 def _add_eval(subparsers) -> None:
@@ -118,18 +115,28 @@ def _run_train(args) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
+# subcommand -> (module, function adding its parser): a command imports only its own module, so `eggroll-llm push`
+# does not load torch for `compare`'s plots or `bench`'s models.
+SUBCOMMANDS = {
+    "eval": (__name__, "_add_eval"),
+    "train": (__name__, "_add_train"),
+    "compare": (".compare", "add_compare_parser"),
+    "bench": (".bench", "add_bench_parser"),
+    "export": (".export", "add_export_parser"),
+    "push": (".push", "add_push_parser"),
+}
+
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The command line's parser; with a known `command`, only that subcommand's (and only its module imported)."""
     parser = argparse.ArgumentParser(prog="eggroll-llm", description="EGGROLL fine-tuning of causal LMs, and GRPO "
                                      "baselines to compare against. Errors print one line; --debug (anywhere on "
                                      "the command line) shows the traceback instead.")
     parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    _add_eval(subparsers)
-    _add_train(subparsers)
-    add_compare_parser(subparsers)
-    add_bench_parser(subparsers)
-    add_export_parser(subparsers)
-    add_push_parser(subparsers)
+    for name, (module, adder) in SUBCOMMANDS.items():
+        if command not in SUBCOMMANDS or command == name:
+            getattr(import_module(module, __package__), adder)(subparsers)
     return parser
 
 
@@ -142,9 +149,10 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv or bool(os.environ.get("EGGROLL_DEBUG"))
     argv = [a for a in argv if a != "--debug"]
-    args, extra = build_parser().parse_known_args(argv)
+    command = next((a for a in argv if not a.startswith("-")), None)
+    args, extra = build_parser(command).parse_known_args(argv)
     if extra and args.command != "train":
-        build_parser().parse_args(argv)  # argparse's own error for unknown options
+        build_parser(command).parse_args(argv)  # argparse's own error for unknown options
     args.overrides = extra
     if not debug:  # a warning is one line, like an error
         warnings.formatwarning = lambda message, category, *rest, **kw: f"eggroll-llm: warning: {message}\n"
