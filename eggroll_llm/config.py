@@ -292,6 +292,7 @@ def _finite_floats(node, prefix: str = "") -> list[str]:
 def validate(config: EggrollConfig) -> None:
     """Cross-field checks, raised before any work starts (and before anything is written)."""
     from .adapter_backend import OPTIMIZERS, SIGMA_SCALES
+    from .data import TASK_BUILDERS
     from .fitness import FITNESS_METHODS
 
     es, gen, data = config.es, config.generation, config.data
@@ -339,8 +340,8 @@ def validate(config: EggrollConfig) -> None:
          "es.sigma_scale weight_rms runs on the hf engine (the vllm engine writes member adapters at one σ)"),
         (config.model.dry_run_random_init or not config.model.dry_run_shrink,
          "model.dry_run_shrink shrinks a random-init model: set model.dry_run_random_init too (or use --dry_run tiny)"),
-        (data.task in DATA_TASKS, f"data.task must be one of {', '.join(map(str, DATA_TASKS))} (null: your own "
-                                  f"dataset at data.data_path), got {data.task!r}"),
+        (data.task in TASK_BUILDERS, f"data.task must be one of {', '.join(map(str, TASK_BUILDERS))} (null: your own "
+                                     f"dataset at data.data_path), got {data.task!r}"),
         (data.task is not None or data.data_path is not None,
          "data.task is null, so the prompts come from your own dataset: set data.data_path to a local file or "
          "folder or a Hub dataset id"),
@@ -374,9 +375,6 @@ def validate(config: EggrollConfig) -> None:
     for ok, message in checks:
         if not ok:
             raise ConfigError(message)
-
-
-DATA_TASKS = ("tiny-arith", "gsm8k", "countdown", None)
 
 
 def _lookup(config, dotted: str):

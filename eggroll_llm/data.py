@@ -14,17 +14,16 @@ from __future__ import annotations
 import difflib
 import json
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
 import datasets
 
-from . import tiny_arith
+from . import countdown, tiny_arith
 from .hub import require_hub
 from .rewards import gold_answer
 
-TASKS = ("tiny-arith", "gsm8k", "countdown")
 QA_TASKS = ("tiny-arith", "gsm8k")  # question / answer ... #### N rows (load_task)
 GSM8K_HUB_ID = "openai/gsm8k"
 GSM8K_CONFIGS = ("main", "socratic")
@@ -288,37 +287,49 @@ def task_dataset(task: str | None, split: str, tokenizer, *, data_path: str | Pa
                  rows_seed: int = 0) -> datasets.Dataset:
     """A recipe's `split` as a trainer dataset: a `prompt` column (text) beside the task's own columns.
 
-    tiny-arith / gsm8k: `question`, `answer` and the formatted prompt (`build_prompts`; few-shot examples chosen with
-    `seed`). countdown: `nums`, `target`, the task prompt through the chat template. Generated tasks draw their rows
-    with `rows_seed`. None: the rows at `data_path`, `prompt_column` renamed to `prompt`.
+    The task's builder in TASK_BUILDERS makes it. tiny-arith / gsm8k: `question`, `answer` and the formatted prompt
+    (`build_prompts`; few-shot examples chosen with `seed`). countdown: `nums`, `target`, the task prompt through the
+    chat template. Generated tasks draw their rows with `rows_seed`. None: the rows at `data_path`, `prompt_column`
+    renamed to `prompt`.
     """
-    if task in QA_TASKS:
-        rows = load_task(task, split, data_path, limit=limit, seed=rows_seed)
-        prompts = build_prompts(tokenizer, rows, few_shot=few_shot, seed=seed, data_path=data_path, task=task)
-        return rows.add_column("prompt", prompts)
+    if task not in TASK_BUILDERS:
+        _check_choice("task", task, TASKS, " (or null for your own dataset)")
     if limit is not None and limit < 1:
         raise DataError(f"limit must be >= 1, got {limit}")
-    if task == "countdown":
-        from . import countdown
+    return TASK_BUILDERS[task](task=task, split=split, tokenizer=tokenizer, data_path=data_path,
+                               prompt_column=prompt_column, limit=limit, few_shot=few_shot, seed=seed,
+                               rows_seed=rows_seed)
 
-        if data_path is None:
-            _check_choice("countdown split", split, countdown.SPLITS)
-            n = TINY_ARITH_SIZES[split] if limit is None else min(limit, TINY_ARITH_SIZES[split])
-            rows = datasets.Dataset.from_list(countdown.make_split(split, n, rows_seed))
-            source = f"countdown {split}"
-        else:
-            rows, source = load_rows(data_path, split)
-        rows = _first(rows, limit)
-        missing = [c for c in ("nums", "target") if c not in rows.column_names]
-        if missing:
-            raise DataError(f"{source} has no {' or '.join(missing)} column (columns: {', '.join(rows.column_names)}); "
-                            "countdown rows hold nums (a list of ints) and target (an int)")
-        prompts = [render_prompt(tokenizer, [{"role": "user", "content": countdown.countdown_prompt(n, t)}])
-                   if getattr(tokenizer, "chat_template", None) else countdown.countdown_prompt(n, t)
-                   for n, t in zip(rows["nums"], rows["target"])]
-        return check_prompts(rows.add_column("prompt", prompts), source)
-    if task is not None:
-        _check_choice("task", task, TASKS, " (or null for your own dataset)")
+
+def _qa_dataset(*, task, split, tokenizer, data_path, limit, few_shot, seed, rows_seed, **_) -> datasets.Dataset:
+    """tiny-arith / gsm8k: question, answer and the formatted prompt."""
+    rows = load_task(task, split, data_path, limit=limit, seed=rows_seed)
+    prompts = build_prompts(tokenizer, rows, few_shot=few_shot, seed=seed, data_path=data_path, task=task)
+    return rows.add_column("prompt", prompts)
+
+
+def _countdown_dataset(*, split, tokenizer, data_path, limit, rows_seed, **_) -> datasets.Dataset:
+    """countdown: generated rows (or data_path's, with nums and target columns) and the task prompt."""
+    if data_path is None:
+        _check_choice("countdown split", split, countdown.SPLITS)
+        n = TINY_ARITH_SIZES[split] if limit is None else min(limit, TINY_ARITH_SIZES[split])
+        rows = datasets.Dataset.from_list(countdown.make_split(split, n, rows_seed))
+        source = f"countdown {split}"
+    else:
+        rows, source = load_rows(data_path, split)
+    rows = _first(rows, limit)
+    missing = [c for c in ("nums", "target") if c not in rows.column_names]
+    if missing:
+        raise DataError(f"{source} has no {' or '.join(missing)} column (columns: {', '.join(rows.column_names)}); "
+                        "countdown rows hold nums (a list of ints) and target (an int)")
+    prompts = [render_prompt(tokenizer, [{"role": "user", "content": countdown.countdown_prompt(n, t)}])
+               if getattr(tokenizer, "chat_template", None) else countdown.countdown_prompt(n, t)
+               for n, t in zip(rows["nums"], rows["target"])]
+    return check_prompts(rows.add_column("prompt", prompts), source)
+
+
+def _own_dataset(*, split, data_path, prompt_column, limit, **_) -> datasets.Dataset:
+    """task null: the rows at data_path, prompt_column renamed to prompt."""
     if data_path is None:
         raise DataError("a dataset of your own needs data_path: a local file or folder, or a Hub dataset id")
     rows, source = load_rows(data_path, split)
@@ -331,6 +342,16 @@ def task_dataset(task: str | None, split: str, tokenizer, *, data_path: str | Pa
             rows = rows.remove_columns("prompt")
         rows = rows.rename_column(prompt_column, "prompt")
     return check_prompts(rows, source)
+
+
+# data.task -> the builder of its trainer datasets; None: a dataset of your own. A new task is one entry here.
+TASK_BUILDERS: dict[str | None, Callable[..., datasets.Dataset]] = {
+    "tiny-arith": _qa_dataset,
+    "gsm8k": _qa_dataset,
+    "countdown": _countdown_dataset,
+    None: _own_dataset,
+}
+TASKS = tuple(name for name in TASK_BUILDERS if name is not None)
 
 
 def _first(rows: datasets.Dataset, limit: int | None) -> datasets.Dataset:
