@@ -74,10 +74,10 @@ def _add_train(subparsers) -> None:
                                           "--es.sigma 0.002 --output_dir runs/x. `eggroll-llm train --list-keys` "
                                           "prints every key with its default and help. Check a recipe end to end "
                                           "without weights or a GPU: eggroll-llm train "
-                                          "recipes/gsm8k-qwen2.5-0.5b-eggroll.yaml --dry_run tiny "
+                                          "recipes/gsm8k-qwen2.5-0.5b-eggroll.yaml --dry-run tiny "
                                           "--data.data_path DIR_WITH_GSM8K_JSONL")
     p.add_argument("recipe", nargs="?", type=Path, help="recipe YAML (see recipes/)")
-    p.add_argument("--dry_run", "--dry-run", nargs="?", const="full", choices=DRY_RUN_MODES, metavar="full|tiny",
+    p.add_argument("--dry-run", nargs="?", const="full", choices=DRY_RUN_MODES, metavar="full|tiny",
                    help="one step of a random-init model of the recipe's architecture (no weights downloaded for the "
                         "recipes' models), a 2-example evaluation, output to a new temporary folder unless "
                         "--output_dir is given; 'tiny' scales the model down (2 layers, width 64) to fit a CPU; other "
@@ -140,6 +140,27 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     return parser
 
 
+def dashed_flags(argv: list[str], parser: argparse.ArgumentParser) -> list[str]:
+    """`argv` with each flag spelled with dashes: flags are `--few-shot`, `--dry-run`, ... everywhere, and the
+    underscore spellings (`--dry_run`, `--few_shot`) stay accepted. Recipe overrides (`--es.sigma`, `--output_dir`)
+    are left to config.parse_overrides, which takes either spelling too."""
+    known = {option for action in _all_actions(parser) for option in action.option_strings}
+    out = []
+    for arg in argv:
+        flag, sep, value = arg.partition("=")
+        dashed = "--" + flag[2:].replace("_", "-") if flag.startswith("--") else flag
+        out.append(dashed + sep + value if dashed in known and flag not in known else arg)
+    return out
+
+
+def _all_actions(parser: argparse.ArgumentParser):
+    for action in parser._actions:  # argparse keeps no public list of a parser's actions
+        yield action
+        for sub in getattr(action, "choices", None) or {}:
+            if isinstance(action.choices, dict) and isinstance(action.choices[sub], argparse.ArgumentParser):
+                yield from _all_actions(action.choices[sub])
+
+
 def resume_command(argv: list[str]) -> str:
     """The command line that continues an interrupted `train` run: the same one, with --resume."""
     return shlex.join(["eggroll-llm", *[a for a in argv if a != "--resume"], "--resume"])
@@ -150,9 +171,11 @@ def main(argv: list[str] | None = None) -> int:
     debug = "--debug" in argv or bool(os.environ.get("EGGROLL_DEBUG"))
     argv = [a for a in argv if a != "--debug"]
     command = next((a for a in argv if not a.startswith("-")), None)
-    args, extra = build_parser(command).parse_known_args(argv)
+    parser = build_parser(command)
+    argv = dashed_flags(argv, parser)
+    args, extra = parser.parse_known_args(argv)
     if extra and args.command != "train":
-        build_parser(command).parse_args(argv)  # argparse's own error for unknown options
+        parser.parse_args(argv)  # argparse's own error for unknown options
     args.overrides = extra
     if not debug:  # a warning is one line, like an error
         warnings.formatwarning = lambda message, category, *rest, **kw: f"eggroll-llm: warning: {message}\n"

@@ -213,7 +213,8 @@ def _build(cls, values: dict, prefix: str = ""):
 
 
 def parse_overrides(args: list[str]) -> dict:
-    """`--es.sigma 0.002 --output_dir DIR` (or `--key=value`) -> nested dict; values parsed as YAML scalars."""
+    """`--es.sigma 0.002 --output_dir DIR` (or `--key=value`, or dashes: `--output-dir`) -> nested dict; values
+    parsed as YAML scalars."""
     nested, it = {}, iter(args)
     for arg in it:
         if not arg.startswith("--") or len(arg) == 2:
@@ -223,7 +224,7 @@ def parse_overrides(args: list[str]) -> dict:
             raw = next(it, None)
             if raw is None:
                 raise ConfigError(f"override --{key} needs a value")
-        *parents, leaf = key.split(".")
+        *parents, leaf = key.replace("-", "_").split(".")  # --output-dir and --output_dir alike
         node = nested
         for part in parents:
             node = node.setdefault(part, {})

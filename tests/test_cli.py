@@ -85,3 +85,21 @@ def test_a_subcommand_imports_only_its_own_module():
     assert out.strip() == "[]"
     listed = build_parser().format_help()  # the top-level help still lists every subcommand
     assert all(name in listed for name in ("eval", "train", "compare", "bench", "export", "push"))
+
+
+def test_flags_take_dashes_everywhere_and_the_underscore_spellings_stay_aliases():
+    from eggroll_llm.cli import dashed_flags
+    from eggroll_llm.config import parse_overrides
+
+    for command, underscored, dashed in [("eval", ["--few_shot", "2", "--batch_size=4", "--max_new_tokens", "8"],
+                                          ["--few-shot", "2", "--batch-size=4", "--max-new-tokens", "8"]),
+                                         ("train", ["r.yaml", "--dry_run", "tiny", "--no_progress", "--list_keys"],
+                                          ["r.yaml", "--dry-run", "tiny", "--no-progress", "--list-keys"]),
+                                         ("push", ["d", "--repo_id", "a/b"], ["d", "--repo-id", "a/b"])]:
+        parser = build_parser(command)
+        assert dashed_flags([command, *underscored], parser) == [command, *dashed]
+        assert vars(parser.parse_args(dashed_flags([command, *underscored], parser))) == vars(
+            parser.parse_args([command, *dashed]))
+    # recipe overrides: the field names, in either spelling
+    assert parse_overrides(["--output-dir", "d", "--es.population-size", "4"]) == parse_overrides(
+        ["--output_dir", "d", "--es.population_size", "4"]) == {"output_dir": "d", "es": {"population_size": 4}}
