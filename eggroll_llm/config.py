@@ -159,9 +159,15 @@ class EggrollConfig:
                 setattr(self, f.name, _build(type(f.default_factory()), value, f"{f.name}."))
 
 
-# Keys that only say how far or how a run goes: a resumed run may change them.
+# Keys that only say how far, where or how a run goes, not what it trains: a resumed run may change them, and
+# `compare` puts runs that differ only in these (and their seed) in one group. The one list of them.
 RUN_ONLY_KEYS = frozenset({"output_dir", "max_steps", "max_wall_s", "eval_every", "save_every",
-                           "distributed_timeout_s", "report_to", "disable_tqdm"})
+                           "distributed_timeout_s", "report_to", "disable_tqdm", "model.device"})
+
+
+def is_run_only(dotted_key: str) -> bool:
+    """Whether a dotted config key (or the section it lies in) is in RUN_ONLY_KEYS."""
+    return dotted_key in RUN_ONLY_KEYS or dotted_key.split(".")[0] in RUN_ONLY_KEYS
 
 
 def _check_type(value, annotation, key: str):

@@ -22,7 +22,7 @@ from pathlib import Path
 import yaml
 from filelock import FileLock, Timeout
 
-from .config import RUN_ONLY_KEYS, EggrollConfig, flatten, to_dict
+from .config import EggrollConfig, flatten, is_run_only, to_dict
 from .io import atomic_write_text
 
 LOCK_FILE, HOLDER_FILE = ".lock", ".lock.holder"
@@ -36,7 +36,7 @@ def changed_keys(saved: dict, config: EggrollConfig) -> list[str]:
     """`key: saved → now` for every recipe key (run-only keys aside) where `config` differs from a saved config."""
     before, now = flatten(saved), flatten(to_dict(config))
     return [f"{key}: {before.get(key)!r} → {now.get(key)!r}" for key in sorted(set(before) | set(now))
-            if key.split(".")[0] not in RUN_ONLY_KEYS and before.get(key) != now.get(key)]
+            if not is_run_only(key) and before.get(key) != now.get(key)]
 
 
 def has_checkpoint(run_dir: Path) -> bool:
