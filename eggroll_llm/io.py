@@ -67,6 +67,14 @@ def atomic_directory(path: str | Path, *, overwrite: bool = False):
         raise
 
 
+RUN_DIR_MARKERS = ("config.yaml", "metrics.jsonl")  # what every run directory holds (rundir.py writes them)
+
+
+def is_run_dir(folder: Path) -> bool:
+    """Whether `folder` is a run directory written by `eggroll-llm train`."""
+    return all((Path(folder) / name).is_file() for name in RUN_DIR_MARKERS)
+
+
 class OutputFolderError(ValueError):
     """An output folder that writing or replacing could lose data in; the message names it and the fix."""
 
@@ -75,14 +83,15 @@ def check_output_folder(out: Path, *, kind: str, markers: tuple[str, ...], prote
                         error: type[ValueError] = OutputFolderError) -> None:
     """Refuse `out` before any work when replacing it could lose data.
 
-    Refused: the working directory or a folder above it; a protected folder (a run directory), anything inside one
-    or holding one; an existing folder that is not empty and lacks the `markers` files of a previous `kind`. A
-    previous `kind` is replaced only with `force`. `error` is the ValueError subclass to raise.
+    Refused: the working directory or a folder above it; a protected folder (the runs named), any run directory,
+    anything inside one or holding one; an existing folder that is not empty and lacks the `markers` files of a
+    previous `kind`. A previous `kind` is replaced only with `force`. `error` is the ValueError subclass to raise.
     """
     target, cwd = Path(out).resolve(), Path.cwd().resolve()
     if target == cwd or target in cwd.parents:
         raise error(f"--out {out} is the working directory or a folder above it; choose a new folder")
-    for folder in protected:
+    around = [folder for folder in (target, *target.parents) if is_run_dir(folder)]  # any run, not only those named
+    for folder in [*protected, *around]:
         folder = Path(folder).resolve()
         if target == folder or folder in target.parents or target in folder.parents:
             raise error(f"--out {out} would overwrite run directory {folder} (it is the run, inside it or holds it); "

@@ -385,3 +385,15 @@ def test_a_run_started_from_the_export_evaluates_as_the_exported_model(exported,
     last = [r for r in records if "eval_accuracy" in r][-1]
     assert (first["eval_accuracy"], first["eval_strict_accuracy"]) == (last["eval_accuracy"],
                                                                        last["eval_strict_accuracy"])
+
+
+def test_force_never_replaces_another_runs_adapter(lowrank_run, tmp_path):
+    other = tmp_path / "b"  # another run: its adapter/ holds the PEFT files, so only the run check can refuse it
+    other.mkdir()
+    for name in ("config.yaml", "metrics.jsonl"):
+        shutil.copy(lowrank_run / name, other / name)
+    shutil.copytree(lowrank_run / "adapter", other / "adapter")
+    before = (other / "adapter" / "adapter_model.safetensors").read_bytes()
+    with pytest.raises(ExportError, match=f"would overwrite run directory {other.resolve()}"):
+        export_run(lowrank_run, other / "adapter", force=True)
+    assert (other / "adapter" / "adapter_model.safetensors").read_bytes() == before
