@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
+import re
 import tempfile
 import types
 import typing
@@ -47,6 +48,9 @@ class ModelConfig:
     adapter: str | None = _help("PEFT LoRA adapter (folder or Hub id) to start from: lora_B·scaling and lora_Aᵀ "
                                 "become U and V (eggroll only; on --resume the checkpoint's adapter is used)", None)
 
+    def __post_init__(self):
+        check_fields(self, "model.")
+
 
 @dataclass
 class DataConfig:
@@ -65,6 +69,9 @@ class DataConfig:
                               "error (refused before the run starts) or truncate (keep its last tokens; EGGROLL "
                               "only)", "error")
 
+    def __post_init__(self):
+        check_fields(self, "data.")
+
 
 @dataclass
 class GenerationConfig:
@@ -76,6 +83,9 @@ class GenerationConfig:
     max_batch_tokens: int = _help("hf engine: memory budget of one micro-batch, rows x (prompt + new tokens)", 65536)
     gpu_memory_utilization: float = _help("vllm engine: fraction of GPU memory vLLM may claim; the trainer's own "
                                           "copy of the model needs the rest", 0.5)
+
+    def __post_init__(self):
+        check_fields(self, "generation.")
 
 
 @dataclass
@@ -119,6 +129,9 @@ class GRPOSection:
     gradient_checkpointing: bool = _help("recompute activations in the backward pass (less memory, slower; for "
                                          "large models)", False)
 
+    def __post_init__(self):
+        check_fields(self, "grpo.")
+
 
 @dataclass
 class EggrollConfig:
@@ -157,6 +170,8 @@ class EggrollConfig:
             value = getattr(self, f.name)
             if isinstance(value, dict):
                 setattr(self, f.name, _build(type(f.default_factory()), value, f"{f.name}."))
+        check_fields(self)
+        check_fields(self.es, "es.")
 
 
 # Keys that only say how far, where or how a run goes, not what it trains: a resumed run may change them, and
@@ -194,8 +209,37 @@ def _check_type(value, annotation, key: str):
                 return [_check_type(v, item, f"{key}[{i}]") for i, v in enumerate(value)]
             except ConfigError:
                 pass
-    names = " or ".join("null" if o is type(None) else getattr(o, "__name__", str(o)) for o in options)
+    lists = [o for o in options if typing.get_origin(o) is list]
+    if lists and not isinstance(value, (list, dict)):  # `rewards: gsm8k`, `--rewards gsm8k`: a list of one
+        try:
+            return _check_type([value], lists[0], key)
+        except ConfigError:
+            pass
+    names = " or ".join(_type_name(o) for o in options)
     raise ConfigError(f"{key} must be {names}, got {value!r}")
+
+
+def _type_name(option) -> str:
+    """'an int', 'a list of str', 'null': how an error names a field's type."""
+    if option is type(None):
+        return "null"
+    if typing.get_origin(option) is list:
+        return f"a list of {_type_name(typing.get_args(option)[0]).split(' ', 1)[1]}"
+    name = getattr(option, "__name__", str(option))
+    return f"{'an' if name[0] in 'aeiou' else 'a'} {name}"
+
+
+def check_fields(section, prefix: str = "") -> None:
+    """Every plain field of a config section checked against its annotation, in place (an int where a float is due
+    becomes a float): `EggrollConfig(max_steps="10")` is refused with the key's name, as a recipe would be."""
+    hints = typing.get_type_hints(type(section))
+    for f in dataclasses.fields(section):
+        value = getattr(section, f.name)
+        if not dataclasses.is_dataclass(hints[f.name]):
+            object.__setattr__(section, f.name, _check_type(value, hints[f.name], prefix + f.name))
+        elif not isinstance(value, hints[f.name]):
+            raise ConfigError(f"{prefix}{f.name} must be a {hints[f.name].__name__} or a dict of its keys, got "
+                              f"{type(value).__name__} {value!r:.80}")
 
 
 def _build(cls, values: dict, prefix: str = ""):
@@ -307,6 +351,7 @@ def validate(config: EggrollConfig) -> None:
     if not_finite:
         raise ConfigError(f"{not_finite[0]} must be a finite number, got {_lookup(config, not_finite[0])}")
     report_to = [config.report_to] if isinstance(config.report_to, str) else config.report_to
+    bad_regex = _regex_error(es.target_modules)
     weights = config.reward_weights
     checks = [
         (config.method in ("eggroll", "grpo"), f"method must be eggroll or grpo, got {config.method!r}"),
@@ -326,6 +371,8 @@ def validate(config: EggrollConfig) -> None:
         (es.noise_reuse >= 1, f"es.noise_reuse must be >= 1, got {es.noise_reuse}"),
         (es.adapter_rank == "full" or (isinstance(es.adapter_rank, int) and es.adapter_rank >= 1),
          f"es.adapter_rank must be a positive integer or 'full', got {es.adapter_rank!r}"),
+        (bad_regex is None, f"es.target_modules {es.target_modules!r} is not a valid regular expression "
+                            f"({bad_regex}); fix the pattern, or give a list of module names"),
         (es.members_per_prompt >= 1 and es.population_size % es.members_per_prompt == 0,
          f"es.members_per_prompt {es.members_per_prompt} must divide es.population_size {es.population_size}"),
         (not es.antithetic or es.members_per_prompt % 2 == 0,
@@ -382,6 +429,17 @@ def validate(config: EggrollConfig) -> None:
     for ok, message in checks:
         if not ok:
             raise ConfigError(message)
+
+
+def _regex_error(pattern) -> str | None:
+    """Why a target_modules string (a regex, PEFT's rule) does not compile; None when it does or is not a string."""
+    if not isinstance(pattern, str):
+        return None
+    try:
+        re.compile(pattern)
+    except re.error as err:
+        return str(err)
+    return None
 
 
 def _lookup(config, dotted: str):

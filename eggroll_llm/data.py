@@ -152,6 +152,9 @@ def _check_jsonl(path: Path) -> None:
                 except json.JSONDecodeError as err:
                     raise DataError(f"{path}:{number}: not valid JSON ({err.msg}, column {err.colno}); "
                                     "fix or remove that line") from None
+                if "\\u" in line and _has_lone_surrogate(row):  # JSON may escape them; no UTF-8 text holds one
+                    raise DataError(f"{path}:{number}: holds a lone surrogate escape (\\ud800-\\udfff without its "
+                                    "pair), which is not a character; fix or remove that line") from None
                 if not isinstance(row, dict):
                     raise DataError(f"{path}:{number}: expected one JSON object per line, got a "
                                     f"{type(row).__name__}; write one JSON object (a row of columns) per line")
@@ -160,6 +163,15 @@ def _check_jsonl(path: Path) -> None:
         raise DataError(f"cannot read {path}: {err.strerror}; check the path and its permissions") from err
     if rows == 0:
         raise DataError(f"{path} holds no rows; write one JSON object (a row of columns) per line")
+
+
+def _has_lone_surrogate(row) -> bool:
+    """Whether a decoded JSON value holds a string with an unpaired UTF-16 surrogate (pyarrow rejects those)."""
+    try:
+        json.dumps(row, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
 
 
 def normalise(dataset: datasets.Dataset, source: str) -> datasets.Dataset:

@@ -48,6 +48,13 @@ class RewardSet:
         parts = {}
         for label, fn, weight in zip(self.labels, self.funcs, self.weights):
             scores = fn(prompts, completions, completion_ids=completion_ids, **columns)
+            if not isinstance(scores, (list, tuple, torch.Tensor)):
+                raise RewardError(f"reward {label!r} returned {type(scores).__name__} {scores!r:.80}, not a list; "
+                                  f"return one score (or None) per completion: a list of {len(completions)}")
+            if all(score is None for score in scores):
+                warnings.warn(f"reward {label!r} returned None for every completion (None counts as 0, so it gives "
+                              "no signal: a step of only such scores makes no update); check that it applies to "
+                              "this dataset", stacklevel=2)
             parts[label] = check_scores(scores, len(completions), label)
             total += weight * parts[label]
         return total, parts

@@ -1,13 +1,18 @@
-"""Atomic file and folder writes: a crash or a bad input never leaves a half-written output behind; and the one rule
-for replacing an output folder (`check_output_folder`), shared by `export` and `compare`."""
+"""Atomic file and folder writes: a crash or a bad input never leaves a half-written output behind; the one rule
+for replacing an output folder (`check_output_folder`), shared by `export` and `compare`; and `writing`, which turns
+a failed write (disk full, read-only file system, no permission) into one line naming what, where and the fix."""
 
 from __future__ import annotations
 
+import errno
 import os
+import re
 import shutil
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
+
+from safetensors import SafetensorError
 
 
 def _default_mode() -> int:
@@ -103,3 +108,39 @@ def check_output_folder(out: Path, *, kind: str, markers: tuple[str, ...], prote
         raise error(f"--out {out} exists and is not a {kind} (no {' + '.join(markers)}); choose a new folder")
     if not force:
         raise error(f"--out {out} holds a previous {kind}; pass --force to replace it")
+
+
+WRITE_FIXES = {
+    errno.ENOSPC: "free space on that disk (or move the run to another with output_dir), then continue with --resume",
+    errno.EDQUOT: "free space within your disk quota, then continue with --resume",
+    errno.EROFS: "that file system is read-only; choose an output_dir on a writable disk",
+    errno.EACCES: "you may not write there; fix the folder's permissions or choose another output_dir",
+    errno.EPERM: "you may not write there; fix the folder's permissions or choose another output_dir",
+}
+
+
+class WriteError(OSError):
+    """A write that failed for a reason outside the program (disk full, read-only, permissions); one line."""
+
+
+@contextmanager
+def writing(what: str, where: str | Path):
+    """Run the enclosed writes; a failure of the disk (OSError, or safetensors' SafetensorError, which wraps one)
+    becomes a WriteError naming `what`, `where`, the reason and the fix."""
+    try:
+        yield
+    except WriteError:
+        raise
+    except (OSError, SafetensorError) as err:
+        code = err.errno if isinstance(err, OSError) else _os_error_code(str(err))
+        if code not in WRITE_FIXES:
+            raise
+        error = WriteError(f"could not write {what} to {where} ({os.strerror(code)}); {WRITE_FIXES[code]}")
+        error.errno = code
+        raise error from err
+
+
+def _os_error_code(message: str) -> int | None:
+    """The errno inside a safetensors message ('... No space left on device (os error 28)')."""
+    found = re.search(r"os error (\d+)", message)
+    return int(found.group(1)) if found else None

@@ -183,8 +183,9 @@ def resolve_reward(entry: str | Callable) -> Callable[..., list[float | None]]:
         if fn is None:
             raise RewardError(f"reward {entry!r}: module {module_name} has no attribute {attribute!r}")
     if not callable(fn):
-        raise RewardError(f"reward {entry!r} is a {type(fn).__name__}, not a function; point it at a callable "
-                          "fn(prompts, completions, **columns) -> list[float | None]")
+        kind = type(fn).__name__
+        raise RewardError(f"reward {entry!r} is {'an' if kind[0] in 'aeiou' else 'a'} {kind}, not a function; point "
+                          "it at a callable fn(prompts, completions, **columns) -> list[float | None]")
     return fn
 
 

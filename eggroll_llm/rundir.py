@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -23,7 +24,7 @@ import yaml
 from filelock import FileLock, Timeout
 
 from .config import EggrollConfig, flatten, is_run_only, to_dict
-from .io import atomic_write_text
+from .io import WRITE_FIXES, WriteError, atomic_write_text
 
 LOCK_FILE, HOLDER_FILE = ".lock", ".lock.holder"
 
@@ -73,6 +74,24 @@ def refuse_if_busy(run_dir: Path) -> None:
         _acquire(Path(run_dir)).release()
 
 
+def check_writable(run_dir: Path) -> None:
+    """Refuse, before anything is loaded or written, a run directory this process cannot write (a read-only file
+    system, no permission): the nearest existing folder at or above it must be writable."""
+    folder = Path(run_dir).absolute()
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir():
+        raise WriteError(f"cannot make run directory {run_dir}: {folder} is a file; choose another output_dir")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        code = errno.EROFS if _read_only(folder) else errno.EACCES
+        raise WriteError(f"cannot write run directory {run_dir} ({os.strerror(code)} at {folder}); "
+                         f"{WRITE_FIXES[code]}")
+
+
+def _read_only(folder: Path) -> bool:
+    return bool(os.statvfs(folder).f_flag & os.ST_RDONLY)
+
+
 def _read_holder(run_dir: Path) -> dict:
     try:
         return json.loads((run_dir / HOLDER_FILE).read_text())
@@ -95,6 +114,8 @@ def prepare_run_dir(config: EggrollConfig, resume: bool, write: bool = True) -> 
     With `write` False (the other processes of a distributed run) nothing is locked or written: (run_dir, None).
     """
     run_dir = Path(config.output_dir)
+    if write:
+        check_writable(run_dir)
     lock = lock_run_dir(run_dir) if write else None
     try:
         if resume and (run_dir / "config.yaml").is_file():

@@ -34,6 +34,7 @@ from .evaluate import held_out_metrics
 from .export import base_model_id, export_peft_adapter, load_peft_adapter
 from .inputs import PromptSet, RewardSet, model_and_tokenizer, prompt_budget, run_config
 from .interrupt import Interrupted, StopSignals
+from .io import writing
 from .models import default_device
 from .rundir import prepare_run_dir
 from .runlog import MetricsLog, RunTotals, open_trackers, peak_memory_mb
@@ -197,7 +198,9 @@ class EggrollTrainer:
     def save(self, run_dir: Path, state: RunTotals) -> None:
         """A resumable checkpoint of `state`, and the adapter as a PEFT folder in adapter/ (main process)."""
         save_checkpoint(run_dir, state.step, self.es.state_dict(), asdict(state))
-        export_peft_adapter(self.es.layers, run_dir / "adapter", base_model_id(self.args.model.name), overwrite=True)
+        with writing(f"the adapter of step {state.step}", run_dir / "adapter"):
+            export_peft_adapter(self.es.layers, run_dir / "adapter", base_model_id(self.args.model.name),
+                                overwrite=True)
 
     def _sizes(self) -> dict:
         """Parameter counts for budget estimates (compare's FLOPs axis): the base model, and what ES trains."""

@@ -147,6 +147,9 @@ BAD_INPUTS = {
     "not utf-8": (lambda p: dict(data_path=text(p / "b.jsonl", LINE.encode() + b"\n\xff\xfe\n")),
                   "b.jsonl:2: not UTF-8"),
     "empty file": (lambda p: dict(data_path=text(p / "e.jsonl", "\n")), "e.jsonl holds no rows"),
+    "lone surrogate": (lambda p: dict(data_path=text(p / "u.jsonl", f'{LINE}\n{{"question": "q \\ud800", '
+                                                                     '"answer": "#### 1"}\n')),
+                       "u.jsonl:2: holds a lone surrogate escape"),
     "no answer column": (lambda p: dict(data_path=write_jsonl(p / "c.jsonl", [{"question": "q?", "gold": "1"}])),
                          "has no answer column \\(columns: question, gold\\)"),
     "row without question": (lambda p: dict(data_path=write_jsonl(p / "r.jsonl", [GOOD, GOOD, {"answer": "#### 3"}])),

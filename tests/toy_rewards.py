@@ -23,6 +23,18 @@ def parity_reward(prompts, completions, completion_ids=None, **kwargs):
     return [sum(t % 2 == 0 for t in ids) / len(ids) for ids in completion_ids]
 
 
+def scalar_reward(prompts, completions, **kw):
+    return 0.5
+
+
+def none_reward(prompts, completions, **kw):
+    return None
+
+
+def all_none_reward(prompts, completions, **kw):
+    return [None] * len(completions)
+
+
 def nan_reward(prompts, completions, **kw):
     return [float("nan")] * len(completions)
 
