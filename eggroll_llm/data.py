@@ -30,6 +30,7 @@ GSM8K_CONFIGS = ("main", "socratic")
 GSM8K_SPLITS = ("train", "test")  # the Hub dataset has no validation split
 TINY_ARITH_SIZES = {"train": 20_000, "validation": 500, "test": 500}  # also the generated countdown splits' sizes
 LOCAL_FORMATS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}  # suffix -> builder
+DATA_FLAGS = "train: --data.data_path DIR; eval: --data DIR"  # where each command takes the data path
 INSTRUCTION = "Solve the problem step by step. End with a line '#### <number>'."
 
 
@@ -88,12 +89,12 @@ def _read_hub(config: str, split: str) -> tuple[datasets.Dataset, str]:
     _check_choice(f"{GSM8K_HUB_ID} split", split, GSM8K_SPLITS,
                   f"; for another split pass a local folder holding {split}.jsonl as the data path")
     require_hub(f"{GSM8K_HUB_ID} ({config}, {split})",
-                "pass a local folder holding GSM8K's train.jsonl and test.jsonl as the data path (--data)")
+                f"pass a local folder holding GSM8K's train.jsonl and test.jsonl as the data path ({DATA_FLAGS})")
     try:
         dataset = datasets.load_dataset(GSM8K_HUB_ID, config, split=split)
     except Exception as err:  # offline, gated, rate-limited: whatever the cause, the fix is a local copy
         raise DataError(f"could not load {GSM8K_HUB_ID} ({config}, {split}) from the Hub: {err}; "
-                        "pass a local jsonl/parquet file or folder as the data path (--data)") from err
+                        f"pass a local jsonl/parquet file or folder as the data path ({DATA_FLAGS})") from err
     return dataset, f"{GSM8K_HUB_ID} ({config}, {split})"
 
 
@@ -251,7 +252,8 @@ def load_rows(data_path: str | Path, split: str) -> tuple[datasets.Dataset, str]
     """(rows, where they came from) of `split`: a local file (any split: one file is one split), a local folder
     holding `{split}.jsonl/.json/.parquet/.csv`, or a Hub dataset id (`org/name`)."""
     path = Path(data_path).expanduser()
-    if path.exists() or str(data_path).count("/") != 1 or str(data_path).startswith((".", "/", "~")):
+    if (path.exists() or str(data_path).count("/") != 1 or str(data_path).startswith((".", "/", "~"))
+            or path.suffix.lower() in LOCAL_FORMATS):  # sub/x.jsonl is a file, never a Hub id
         return _read_local(path, split)
     require_hub(f"dataset {data_path}", "pass a local file or folder as data_path")
     try:

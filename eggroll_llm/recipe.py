@@ -19,7 +19,7 @@ from .config import EggrollConfig
 from .data import task_dataset
 from .inputs import RewardSet
 from .models import base_tokenizer
-from .rundir import check_writable, refuse_if_busy
+from .rundir import check_resumable, check_writable, refuse_if_busy
 
 
 def recipe_datasets(config: EggrollConfig, tokenizer):
@@ -44,7 +44,8 @@ def run_recipe(config: EggrollConfig, resume: bool = False) -> Path:
         check_grpo(config)
     else:
         from .trainer import EggrollTrainer as Trainer
-    check_writable(Path(config.output_dir))  # a read-only or foreign folder: refuse before loading anything
+    check_resumable(Path(config.output_dir), resume)  # a mistyped --resume path: refuse before loading anything
+    check_writable(Path(config.output_dir))  # a read-only or foreign folder: likewise
     refuse_if_busy(Path(config.output_dir))  # another run on this directory: likewise
     RewardSet(config.rewards, config.reward_weights)  # fails fast on a bad name or import path
     tokenizer = base_tokenizer(config.model)

@@ -74,6 +74,14 @@ def refuse_if_busy(run_dir: Path) -> None:
         _acquire(Path(run_dir)).release()
 
 
+def check_resumable(run_dir: Path, resume: bool) -> None:
+    """A resume needs its run directory: a mistyped path is refused instead of silently starting a new run there.
+    (A folder that exists but holds no checkpoint yet, a run killed while it started, resumes from the start.)"""
+    if resume and not Path(run_dir).is_dir():
+        raise FileNotFoundError(f"cannot resume {run_dir}: no such run directory; check the path (a run resumes from "
+                                "its output_dir), or drop --resume to start a new run there")
+
+
 def check_writable(run_dir: Path) -> None:
     """Refuse, before anything is loaded or written, a run directory this process cannot write (a read-only file
     system, no permission): the nearest existing folder at or above it must be writable."""
@@ -114,6 +122,7 @@ def prepare_run_dir(config: EggrollConfig, resume: bool, write: bool = True) -> 
     With `write` False (the other processes of a distributed run) nothing is locked or written: (run_dir, None).
     """
     run_dir = Path(config.output_dir)
+    check_resumable(run_dir, resume)
     if write:
         check_writable(run_dir)
     lock = lock_run_dir(run_dir) if write else None

@@ -206,6 +206,10 @@ def test_two_real_runs_on_one_directory(recipe, tmp_path):
     (["--data.task", "null", "--data.data_path", "MISSING.jsonl"], "MISSING.jsonl does not exist"),
     (["--es.target_modules", "'(unclosed'"], "is not a valid regular expression"),
     (["--max_steps", "'10'"], "max_steps must be an int, got '10'"),
+    (["--resume"], "no such run directory; check the path"),
+    (["--model.name", "./nothere"], "model folder ./nothere does not exist"),
+    (["--data.task", "null", "--data.data_path", "sub/x.jsonl"], "data path sub/x.jsonl does not exist"),
+    (["--rewards", "[toy_rewards:NOT_CALLABLE]"], "is an int, not a function"),
 ])
 def test_bad_values_fail_in_one_line_before_anything_is_written(recipe, tmp_path, capsys, override, message):
     run = tmp_path / "run"

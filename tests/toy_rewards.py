@@ -5,6 +5,8 @@ import os
 import re
 import time
 
+NOT_CALLABLE = 3  # named by a recipe as a reward: refused
+
 
 def length_reward(prompts, completions, **kw):
     """Longer is better: separates members even when none answers right, so every short run really updates."""
