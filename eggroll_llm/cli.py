@@ -107,11 +107,14 @@ def _run_train(args) -> int:
     from .distributed import shutdown
     from .recipe import run_recipe
 
-    run_dir = run_recipe(config, resume=args.resume)
+    output = run_recipe(config, resume=args.resume)
     shutdown()
     if int(os.environ.get("RANK", "0")) == 0:
+        from .runlog import stop_note
+
         kept = "adapter/" if config.method == "eggroll" or config.grpo.lora_rank else "model/"
-        print(f"run written to {run_dir} (metrics.jsonl, eval/, checkpoints/, {kept})")
+        print(f"{stop_note(output, config.max_steps, config.max_wall_s)}; run written to {output.run_dir} "
+              f"(metrics.jsonl, eval/, checkpoints/, {kept})")
     return 0
 
 

@@ -68,6 +68,10 @@ class DataConfig:
     long_prompts: str = _help("a prompt that does not fit beside generation.max_new_tokens in the model's context: "
                               "error (refused before the run starts) or truncate (keep its last tokens; EGGROLL "
                               "only)", "error")
+    train_dataset: dict | None = _help("set by the trainer, not by recipes: the description (fingerprint, num_rows, "
+                                       "columns) of a train_dataset given as a Python object", None)
+    eval_dataset: dict | None = _help("set by the trainer: the description of an eval_dataset given as an object",
+                                      None)
 
     def __post_init__(self):
         check_fields(self, "data.")
@@ -201,7 +205,7 @@ def _check_type(value, annotation, key: str):
                 pass
         if option is int and isinstance(value, int) and not isinstance(value, bool):
             return value
-        if option in (str, bool) and type(value) is option:
+        if option in (str, bool, dict) and type(value) is option:
             return value
         if typing.get_origin(option) is list and isinstance(value, list):
             (item,) = typing.get_args(option)
@@ -396,7 +400,7 @@ def validate(config: EggrollConfig) -> None:
          "model.dry_run_shrink shrinks a random-init model: set model.dry_run_random_init too (or use --dry_run tiny)"),
         (data.task in TASK_BUILDERS, f"data.task must be one of {', '.join(map(str, TASK_BUILDERS))} (null: your own "
                                      f"dataset at data.data_path), got {data.task!r}"),
-        (data.task is not None or data.data_path is not None,
+        (data.task is not None or data.data_path is not None or data.train_dataset is not None,
          "data.task is null, so the prompts come from your own dataset: set data.data_path to a local file or "
          "folder or a Hub dataset id"),
         (data.eval_limit >= 1, f"data.eval_limit must be >= 1, got {data.eval_limit}"),

@@ -32,10 +32,17 @@ def atomic_file(path: str | Path):
     try:
         yield Path(tmp)
         os.chmod(tmp, _default_mode())
+        fsync_file(tmp)  # on disk before the rename: a power cut leaves the old file or the new, never an empty one
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def fsync_file(path: str | Path) -> None:
+    """Flush a written file's data to the disk (the OS may otherwise hold it in memory past a power cut)."""
+    with open(path, "rb") as handle:
+        os.fsync(handle.fileno())
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:

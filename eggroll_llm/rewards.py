@@ -149,6 +149,10 @@ REWARD_FUNCTIONS: dict[str, Callable[..., list[float | None]]] = {
 }
 
 
+# Rewards that check gold answers: a run scored by one of them also reports eval_accuracy (evaluate.py).
+ACCURACY_REWARDS = (gsm8k_reward, strict_gsm8k_reward)
+
+
 def get_reward_function(name: str) -> Callable[..., list[float | None]]:
     """The registered reward function called `name`; an unknown name raises RewardError listing the valid ones."""
     if name in REWARD_FUNCTIONS:
@@ -209,9 +213,18 @@ def _import_module(name: str):
     return importlib.import_module(name)
 
 
+NOT_IMPORTABLE = " (not importable)"  # marks a recorded reward that a recipe cannot name again
+
+
 def reward_name(entry: str | Callable) -> str:
-    """How a reward is named in config.yaml and the logs: its name or import path as given, else module:qualname."""
+    """How a reward is named in config.yaml and the logs: its name or import path as given, else module:qualname,
+    marked NOT_IMPORTABLE where that path does not lead back to it (a script's __main__, a lambda, a local)."""
     if isinstance(entry, str):
         return entry
     qualname = getattr(entry, "__qualname__", None) or type(entry).__name__
-    return f"{getattr(entry, '__module__', None) or '__main__'}:{qualname}"
+    name = f"{getattr(entry, '__module__', None) or '__main__'}:{qualname}"
+    try:
+        importable = not name.startswith("__main__:") and "<" not in qualname and resolve_reward(name) is entry
+    except RewardError:
+        importable = False
+    return name if importable else name + NOT_IMPORTABLE

@@ -18,6 +18,7 @@ import json
 import os
 import shutil
 import socket
+import warnings
 from pathlib import Path
 
 import yaml
@@ -25,6 +26,7 @@ from filelock import FileLock, Timeout
 
 from .config import EggrollConfig, flatten, is_run_only, to_dict
 from .io import WRITE_FIXES, WriteError, atomic_write_text
+from .rewards import NOT_IMPORTABLE
 
 LOCK_FILE, HOLDER_FILE = ".lock", ".lock.holder"
 
@@ -34,10 +36,35 @@ class RunDirBusy(ValueError):
 
 
 def changed_keys(saved: dict, config: EggrollConfig) -> list[str]:
-    """`key: saved → now` for every recipe key (run-only keys aside) where `config` differs from a saved config."""
+    """`key: saved → now` for every recipe key (run-only keys aside) where `config` differs from a saved config.
+
+    A dataset fingerprint that changed only warns: datasets gives data mapped with an unhashable function a new
+    fingerprint each time, so the same rows can come back under another one."""
     before, now = flatten(saved), flatten(to_dict(config))
-    return [f"{key}: {before.get(key)!r} → {now.get(key)!r}" for key in sorted(set(before) | set(now))
-            if not is_run_only(key) and before.get(key) != now.get(key)]
+    differ = [key for key in sorted(set(before) | set(now)) if not is_run_only(key) and before.get(key) != now.get(key)]
+    for key in [k for k in differ if k.endswith(".fingerprint")]:
+        warnings.warn(f"{key} changed since the run started ({before.get(key)} → {now.get(key)}); resuming with the "
+                      "dataset as given (same rows and columns)", stacklevel=2)
+    return [f"{key}: {before.get(key)!r} → {now.get(key)!r}" for key in differ if not key.endswith(".fingerprint")]
+
+
+def check_recipe_can_resume(run_dir: Path) -> None:
+    """Refuse resuming from a recipe a run that trained on Python objects: datasets given as objects (config.yaml
+    holds their description, not a task) or reward functions that cannot be imported by name."""
+    path = Path(run_dir) / "config.yaml"
+    saved = (yaml.safe_load(path.read_text()) or {}) if path.is_file() else {}
+    data = saved.get("data") or {}
+    if data.get("train_dataset"):
+        described = data["train_dataset"]
+        raise ValueError(f"cannot resume {run_dir} from a recipe: it trained on a dataset given as a Python object "
+                         f"({described.get('num_rows')} rows, fingerprint {described.get('fingerprint')}), which no "
+                         "recipe can rebuild; resume it from Python with the same datasets: "
+                         "trainer.train(resume_from_checkpoint=True)")
+    hidden = [name for name in saved.get("rewards") or [] if str(name).endswith(NOT_IMPORTABLE)]
+    if hidden:
+        raise ValueError(f"cannot resume {run_dir} from a recipe: its reward {hidden[0]} cannot be imported by name; "
+                         "resume it from Python with the same reward functions: "
+                         "trainer.train(resume_from_checkpoint=True)")
 
 
 def has_checkpoint(run_dir: Path) -> bool:

@@ -443,11 +443,11 @@ def real_runs(tmp_path_factory):
     for seed in (0, 1):
         config = load_config(None, {**common, "method": "eggroll", "seed": seed, "es": es,
                                     "output_dir": str(root / f"eggroll-{seed}")})
-        runs.append(run_recipe(config))
+        runs.append(run_recipe(config).run_dir)
     for seed in (0, 1):
         config = load_config(None, {**common, "method": "grpo", "seed": seed, "grpo": grpo,
                                     "output_dir": str(root / f"grpo-{seed}")})
-        runs.append(run_recipe(config))
+        runs.append(run_recipe(config).run_dir)
     return runs
 
 

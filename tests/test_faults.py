@@ -284,6 +284,16 @@ def test_a_reward_that_returns_no_list_fails_in_one_line_without_a_checkpoint(re
     assert message in err and not list_checkpoints(run)
 
 
+def test_no_progress_shows_no_bar_at_all(recipe, tmp_path):
+    """--no-progress hides the libraries' bars too (transformers' "Loading weights", datasets' "Map")."""
+    done = subprocess.run([sys.executable, "-m", "eggroll_llm.cli", "train", str(recipe), "--output_dir",
+                           str(tmp_path / "run"), "--no-progress", "--max_steps", "1"], env=env(),
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "%|" not in done.stderr and "Loading weights" not in done.stderr, done.stderr[-2000:]
+    assert "finished 1 of 1 steps; run written to" in done.stdout
+
+
 def test_a_run_that_failed_before_its_first_checkpoint_may_be_rerun(recipe, tmp_path):
     run = tmp_path / "run"
     assert main(["train", str(recipe), "--output_dir", str(run), "--rewards", "['toy_rewards:nan_reward']"]) == 2

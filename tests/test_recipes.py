@@ -9,6 +9,7 @@ columns. Nothing downloads: the recipes' Hub models are recorded in models.ARCHS
 import json
 import os
 import tempfile
+import warnings
 from pathlib import Path
 
 import pytest
@@ -174,3 +175,22 @@ def test_bad_grpo_recipe_is_refused_before_any_work(argv, needle, tmp_path, caps
 def test_dry_run_shrink_needs_random_init():
     with pytest.raises(ConfigError, match="dry_run_random_init"):
         load_config(None, {"model": {"dry_run_shrink": True}})
+
+
+def test_a_single_data_file_warns_that_it_is_also_the_held_out_set(tmp_path):
+    from eggroll_llm.recipe import recipe_datasets
+
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text("".join(json.dumps({"text": f"q{i}"}) + "\n" for i in range(4)))
+    config = load_config(None, {"data": {"task": None, "data_path": str(rows), "prompt_column": "text"}})
+    with pytest.warns(UserWarning, match="is a single file, so it is both the training set and the held-out set"):
+        train, held_out = recipe_datasets(config, None)
+    assert train["prompt"] == held_out["prompt"]  # what the warning is about
+    folder = tmp_path / "split"
+    folder.mkdir()
+    for split in ("train", "validation"):
+        (folder / f"{split}.jsonl").write_text(rows.read_text())
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        recipe_datasets(load_config(None, {"data": {"task": None, "data_path": str(folder), "prompt_column": "text"}}),
+                        None)
