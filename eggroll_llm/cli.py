@@ -73,16 +73,15 @@ def _add_train(subparsers) -> None:
                               description="Train from a YAML recipe. Any recipe key can be overridden: "
                                           "--es.sigma 0.002 --output_dir runs/x. `eggroll-llm train --list-keys` "
                                           "prints every key with its default and help. Check a recipe end to end "
-                                          "without weights or a GPU: eggroll-llm train "
-                                          "recipes/gsm8k-qwen2.5-0.5b-eggroll.yaml --dry-run tiny "
-                                          "--data.data_path DIR_WITH_GSM8K_JSONL")
+                                          "without weights, data or a GPU, in seconds: eggroll-llm train "
+                                          "recipes/gsm8k-qwen2.5-0.5b-eggroll.yaml --dry-run tiny")
     p.add_argument("recipe", nargs="?", type=Path, help="recipe YAML (see recipes/)")
     p.add_argument("--dry-run", nargs="?", const="full", choices=DRY_RUN_MODES, metavar="full|tiny",
                    help="one step of a random-init model of the recipe's architecture (no weights downloaded for the "
                         "recipes' models), a 2-example evaluation, output to a new temporary folder unless "
-                        "--output_dir is given; 'tiny' scales the model down (2 layers, width 64) to fit a CPU; other "
-                        "overrides still apply (--es.population_size 4 --es.members_per_prompt 2 "
-                        "--generation.max_new_tokens 8 make it take seconds)")
+                        "--output_dir is given, gsm8k recipes without data_path on a shipped 16-problem sample; "
+                        "'tiny' scales the model down (2 layers, width 64), the population to 4 and completions "
+                        "to 8 tokens, to take seconds on a CPU; other overrides still apply")
     p.add_argument("--resume", action="store_true", help="continue from the run directory's latest checkpoint")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (logs still go to metrics.jsonl)")
     p.add_argument("--list-keys", action="store_true", help="print every recipe key with its default and help")
@@ -90,7 +89,7 @@ def _add_train(subparsers) -> None:
 
 
 def _run_train(args) -> int:
-    from .config import describe, dry_run_overrides, load_config, parse_overrides
+    from .config import describe, dry_run_data, dry_run_overrides, load_config, parse_overrides
 
     if args.list_keys:
         for key, text, default in describe():
@@ -104,6 +103,8 @@ def _run_train(args) -> int:
     if args.no_progress:
         overrides["disable_tqdm"] = True
     config = load_config(args.recipe, overrides)
+    if args.dry_run:
+        config = dry_run_data(config)
     from .distributed import shutdown
     from .recipe import run_recipe
 
