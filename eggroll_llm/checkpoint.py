@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from .io import atomic_directory, atomic_write_text
+from .io import atomic_directory, atomic_write_text, writing
 
 _STEP_DIR = re.compile(r"step-(\d+)$")
 
@@ -24,7 +24,7 @@ def save_checkpoint(run_dir: Path, step: int, tensors: dict[str, torch.Tensor], 
                     keep: int = 2) -> Path:
     """Write `tensors` and `trainer_state` as checkpoints/step-{step}; keep the newest `keep` checkpoints."""
     target = Path(run_dir) / "checkpoints" / f"step-{step:06d}"
-    with atomic_directory(target, overwrite=True) as tmp:
+    with writing(f"the checkpoint of step {step}", target), atomic_directory(target, overwrite=True) as tmp:
         save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp / "state.safetensors"))
         atomic_write_text(tmp / "trainer_state.json", json.dumps({"step": step, **trainer_state}, indent=2))
     for old in list_checkpoints(run_dir)[:-keep]:

@@ -11,15 +11,12 @@ import os
 import shlex
 import sys
 import warnings
+from importlib import import_module
 from pathlib import Path
 
-from .bench import add_bench_parser
-from .compare import add_compare_parser
 from .config import DRY_RUN_MODES
-from .export import add_export_parser
 from .interrupt import Interrupted
 from .io import atomic_write_text
-from .push import add_push_parser
 
 
 def _add_eval(subparsers) -> None:
@@ -76,16 +73,15 @@ def _add_train(subparsers) -> None:
                               description="Train from a YAML recipe. Any recipe key can be overridden: "
                                           "--es.sigma 0.002 --output_dir runs/x. `eggroll-llm train --list-keys` "
                                           "prints every key with its default and help. Check a recipe end to end "
-                                          "without weights or a GPU: eggroll-llm train "
-                                          "recipes/gsm8k-qwen2.5-0.5b-eggroll.yaml --dry_run tiny "
-                                          "--data.data_path DIR_WITH_GSM8K_JSONL")
+                                          "without weights, data or a GPU, in seconds: eggroll-llm train "
+                                          "recipes/gsm8k-qwen2.5-0.5b-eggroll.yaml --dry-run tiny")
     p.add_argument("recipe", nargs="?", type=Path, help="recipe YAML (see recipes/)")
-    p.add_argument("--dry_run", "--dry-run", nargs="?", const="full", choices=DRY_RUN_MODES, metavar="full|tiny",
+    p.add_argument("--dry-run", nargs="?", const="full", choices=DRY_RUN_MODES, metavar="full|tiny",
                    help="one step of a random-init model of the recipe's architecture (no weights downloaded for the "
                         "recipes' models), a 2-example evaluation, output to a new temporary folder unless "
-                        "--output_dir is given; 'tiny' scales the model down (2 layers, width 64) to fit a CPU; other "
-                        "overrides still apply (--es.population_size 4 --es.members_per_prompt 2 "
-                        "--generation.max_new_tokens 8 make it take seconds)")
+                        "--output_dir is given, gsm8k recipes without data_path on a shipped 16-problem sample; "
+                        "'tiny' scales the model down (2 layers, width 64), the population to 4 and completions "
+                        "to 8 tokens, to take seconds on a CPU; other overrides still apply")
     p.add_argument("--resume", action="store_true", help="continue from the run directory's latest checkpoint")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (logs still go to metrics.jsonl)")
     p.add_argument("--list-keys", action="store_true", help="print every recipe key with its default and help")
@@ -93,7 +89,7 @@ def _add_train(subparsers) -> None:
 
 
 def _run_train(args) -> int:
-    from .config import describe, dry_run_overrides, load_config, parse_overrides
+    from .config import describe, dry_run_data, dry_run_overrides, load_config, parse_overrides
 
     if args.list_keys:
         for key, text, default in describe():
@@ -107,31 +103,67 @@ def _run_train(args) -> int:
     if args.no_progress:
         overrides["disable_tqdm"] = True
     config = load_config(args.recipe, overrides)
+    if args.dry_run:
+        config = dry_run_data(config)
     from .distributed import shutdown
     from .recipe import run_recipe
 
-    run_dir = run_recipe(config, resume=args.resume)
+    output = run_recipe(config, resume=args.resume)
     shutdown()
     if int(os.environ.get("RANK", "0")) == 0:
+        from .runlog import stop_note
+
         adapter = config.es.adapter_rank is not None if config.method == "eggroll" else config.grpo.lora_rank
         kept = "adapter/" if adapter else "model/"
-        print(f"run written to {run_dir} (metrics.jsonl, eval/, checkpoints/, {kept})")
+        print(f"{stop_note(output, config.max_steps, config.max_wall_s)}; run written to {output.run_dir} "
+              f"(metrics.jsonl, eval/, checkpoints/, {kept})")
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
+# subcommand -> (module, function adding its parser): a command imports only its own module, so `eggroll-llm push`
+# does not load torch for `compare`'s plots or `bench`'s models.
+SUBCOMMANDS = {
+    "eval": (__name__, "_add_eval"),
+    "train": (__name__, "_add_train"),
+    "compare": (".compare", "add_compare_parser"),
+    "bench": (".bench", "add_bench_parser"),
+    "export": (".export", "add_export_parser"),
+    "push": (".push", "add_push_parser"),
+}
+
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The command line's parser; with a known `command`, only that subcommand's (and only its module imported)."""
     parser = argparse.ArgumentParser(prog="eggroll-llm", description="EGGROLL fine-tuning of causal LMs, and GRPO "
                                      "baselines to compare against. Errors print one line; --debug (anywhere on "
                                      "the command line) shows the traceback instead.")
     parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    _add_eval(subparsers)
-    _add_train(subparsers)
-    add_compare_parser(subparsers)
-    add_bench_parser(subparsers)
-    add_export_parser(subparsers)
-    add_push_parser(subparsers)
+    for name, (module, adder) in SUBCOMMANDS.items():
+        if command not in SUBCOMMANDS or command == name:
+            getattr(import_module(module, __package__), adder)(subparsers)
     return parser
+
+
+def dashed_flags(argv: list[str], parser: argparse.ArgumentParser) -> list[str]:
+    """`argv` with each flag spelled with dashes: flags are `--few-shot`, `--dry-run`, ... everywhere, and the
+    underscore spellings (`--dry_run`, `--few_shot`) stay accepted. Recipe overrides (`--es.sigma`, `--output_dir`)
+    are left to config.parse_overrides, which takes either spelling too."""
+    known = {option for action in _all_actions(parser) for option in action.option_strings}
+    out = []
+    for arg in argv:
+        flag, sep, value = arg.partition("=")
+        dashed = "--" + flag[2:].replace("_", "-") if flag.startswith("--") else flag
+        out.append(dashed + sep + value if dashed in known and flag not in known else arg)
+    return out
+
+
+def _all_actions(parser: argparse.ArgumentParser):
+    for action in parser._actions:  # argparse keeps no public list of a parser's actions
+        yield action
+        for sub in getattr(action, "choices", None) or {}:
+            if isinstance(action.choices, dict) and isinstance(action.choices[sub], argparse.ArgumentParser):
+                yield from _all_actions(action.choices[sub])
 
 
 def resume_command(argv: list[str]) -> str:
@@ -143,9 +175,12 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv or bool(os.environ.get("EGGROLL_DEBUG"))
     argv = [a for a in argv if a != "--debug"]
-    args, extra = build_parser().parse_known_args(argv)
+    command = next((a for a in argv if not a.startswith("-")), None)
+    parser = build_parser(command)
+    argv = dashed_flags(argv, parser)
+    args, extra = parser.parse_known_args(argv)
     if extra and args.command != "train":
-        build_parser().parse_args(argv)  # argparse's own error for unknown options
+        parser.parse_args(argv)  # argparse's own error for unknown options
     args.overrides = extra
     if not debug:  # a warning is one line, like an error
         warnings.formatwarning = lambda message, category, *rest, **kw: f"eggroll-llm: warning: {message}\n"

@@ -22,16 +22,13 @@ import yaml
 
 from .budget import AXES, Axis, flops_curve
 from .compare_report import groups_table, render_report, winners_table, write_plots
-from .config import flatten
+from .config import flatten, is_run_only
 from .io import atomic_directory, atomic_write_text, check_output_folder
 from .runlog import MetricsLog
 from .stats import CONFIDENCE, Interval, bootstrap_interval, mcnemar_exact, mean_interval, normalised_area, pick_winner
 
 NOT_A_RUN = "{} is not a run directory ({}); pass folders written by `eggroll-llm train`"
 METRICS = {"eval_accuracy": "held-out accuracy", "eval_reward": "held-out reward"}
-# Keys that say how long or where a run ran, not what it trains: runs differing only in these share a recipe.
-RUN_ONLY = frozenset({"seed", "output_dir", "max_steps", "max_wall_s", "eval_every", "save_every",
-                      "distributed_timeout_s", "model.device"})
 REPORT_MARKERS = ("report.md", "summary.json")
 SCHEMA_VERSION = 2
 
@@ -114,7 +111,8 @@ def recipe_of(config: dict) -> dict:
     """The dotted keys that define what a run trains: the config without run-only keys and without the other
     method's section (es.* means nothing to a GRPO run, grpo.* nothing to an EGGROLL run)."""
     other = {"eggroll": "grpo.", "grpo": "es."}.get(config.get("method"), "\0")
-    return {k: v for k, v in flatten(config).items() if k not in RUN_ONLY and not k.startswith(other)}
+    return {k: v for k, v in flatten(config).items()
+            if k != "seed" and not is_run_only(k) and not k.startswith(other)}  # seeds of one recipe form a group
 
 
 def group_runs(runs: list[Run], labels: list[str] | None) -> dict[str, list[Run]]:

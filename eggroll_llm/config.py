@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
+import re
 import tempfile
 import types
 import typing
@@ -47,6 +48,9 @@ class ModelConfig:
     adapter: str | None = _help("PEFT LoRA adapter (folder or Hub id) to start from: lora_B·scaling and lora_Aᵀ "
                                 "become U and V (eggroll only; on --resume the checkpoint's adapter is used)", None)
 
+    def __post_init__(self):
+        check_fields(self, "model.")
+
 
 @dataclass
 class DataConfig:
@@ -64,6 +68,13 @@ class DataConfig:
     long_prompts: str = _help("a prompt that does not fit beside generation.max_new_tokens in the model's context: "
                               "error (refused before the run starts) or truncate (keep its last tokens; EGGROLL "
                               "only)", "error")
+    train_dataset: dict | None = _help("set by the trainer, not by recipes: the description (fingerprint, num_rows, "
+                                       "columns) of a train_dataset given as a Python object", None)
+    eval_dataset: dict | None = _help("set by the trainer: the description of an eval_dataset given as an object",
+                                      None)
+
+    def __post_init__(self):
+        check_fields(self, "data.")
 
 
 @dataclass
@@ -76,6 +87,9 @@ class GenerationConfig:
     max_batch_tokens: int = _help("hf engine: memory budget of one micro-batch, rows x (prompt + new tokens)", 65536)
     gpu_memory_utilization: float = _help("vllm engine: fraction of GPU memory vLLM may claim; the trainer's own "
                                           "copy of the model needs the rest", 0.5)
+
+    def __post_init__(self):
+        check_fields(self, "generation.")
 
 
 @dataclass
@@ -119,6 +133,67 @@ class ESConfig:
     lr_schedule: str = _help("lr over the run: constant, linear or cosine (decaying to 0 at max_steps)", "constant")
     warmup_steps: int = _help("steps of linear lr warm-up from 0 before es.lr_schedule starts", 0)
 
+    def __post_init__(self):
+        """The es.* values alone, checked where the section is built (a recipe, or EggrollConfig(es={...}));
+        rules that involve other sections are config.validate's."""
+        from .es import SIGMA_SCALES
+        from .fitness import FITNESS_METHODS
+        from .levers import AGGREGATES, SCHEDULES, SCORINGS
+        from .optim import OPTIMIZERS
+        from .strategy import STRATEGIES
+
+        check_fields(self, "es.")
+        not_finite = _finite_floats(self, "es.")
+        if not_finite:
+            raise ConfigError(f"{not_finite[0]} must be a finite number, got {getattr(self, not_finite[0][3:])}")
+        es, bad_regex = self, _regex_error(self.target_modules)
+        checks = [
+            (0 < es.sigma <= 1, f"es.sigma must be in (0, 1] (a perturbation of the weights' own scale; the paper "
+                                f"uses ~1e-3 on real LLMs), got {es.sigma}"),
+            (es.rank >= 1, f"es.rank must be >= 1, got {es.rank}"),
+            (es.population_size >= 1, f"es.population_size must be >= 1, got {es.population_size}"),
+            (not es.antithetic or es.population_size % 2 == 0,
+             f"es.population_size {es.population_size} is odd; antithetic sampling pairs members: use an even "
+             "population_size or es.antithetic: false"),
+            (es.noise_reuse >= 1, f"es.noise_reuse must be >= 1, got {es.noise_reuse}"),
+            (es.adapter_rank is None or es.adapter_rank == "full"
+             or (isinstance(es.adapter_rank, int) and es.adapter_rank >= 1),
+             f"es.adapter_rank must be a positive integer, 'full' or null (in place), got {es.adapter_rank!r}"),
+            (bad_regex is None, f"es.target_modules {es.target_modules!r} is not a valid regular expression "
+                                f"({bad_regex}); fix the pattern, or give a list of module names"),
+            (es.strategy in STRATEGIES or ":" in es.strategy,
+             f"es.strategy must be one of {', '.join(STRATEGIES)} or package.module:Class, got {es.strategy!r}"),
+            (es.scoring in SCORINGS, f"es.scoring must be one of {', '.join(SCORINGS)}, got {es.scoring!r}"),
+            (es.samples_per_prompt >= 1, f"es.samples_per_prompt must be >= 1, got {es.samples_per_prompt}"),
+            (es.aggregate in AGGREGATES,
+             f"es.aggregate must be one of {', '.join(AGGREGATES)}, got {es.aggregate!r}"),
+            (es.sigma_schedule in SCHEDULES and es.lr_schedule in SCHEDULES,
+             f"es.sigma_schedule and es.lr_schedule must be one of {', '.join(SCHEDULES)}, got "
+             f"{es.sigma_schedule!r} and {es.lr_schedule!r}"),
+            (es.warmup_steps >= 0, f"es.warmup_steps must be >= 0, got {es.warmup_steps}"),
+            (es.members_per_prompt >= 1 and es.population_size % es.members_per_prompt == 0,
+             f"es.members_per_prompt {es.members_per_prompt} must divide es.population_size {es.population_size}"),
+            (not es.antithetic or es.members_per_prompt % 2 == 0,
+             "es.members_per_prompt must be even with antithetic sampling (both members of a pair answer the same "
+             "prompts)"),
+            (es.prompts_per_member >= 1, f"es.prompts_per_member must be >= 1, got {es.prompts_per_member}"),
+            (es.lr > 0, f"es.lr must be > 0, got {es.lr}"),
+            (0 <= es.momentum < 1, f"es.momentum must be in [0, 1), got {es.momentum}"),
+            (es.weight_decay >= 0 and es.lr * es.weight_decay < 1,
+             f"es.weight_decay must be >= 0 with es.lr * es.weight_decay < 1 (each step keeps 1 - lr * "
+             f"weight_decay of the adapter), got weight_decay {es.weight_decay} at lr {es.lr}"),
+            (es.fitness in FITNESS_METHODS,
+             f"es.fitness must be one of {', '.join(FITNESS_METHODS)}, got {es.fitness!r}"),
+            (es.sigma_scale in SIGMA_SCALES,
+             f"es.sigma_scale must be {' or '.join(SIGMA_SCALES)}, got {es.sigma_scale!r}"),
+            (es.optimizer in OPTIMIZERS, f"es.optimizer must be {' or '.join(OPTIMIZERS)}, got {es.optimizer!r}"),
+            (es.optimizer == "sgd" or es.momentum == 0,
+             "es.momentum is SGD's; es.optimizer adam keeps its own moments: set es.momentum: 0"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ConfigError(message)
+
 
 @dataclass
 class GRPOSection:
@@ -137,6 +212,9 @@ class GRPOSection:
                                              "same update)", 1)
     gradient_checkpointing: bool = _help("recompute activations in the backward pass (less memory, slower; for "
                                          "large models)", False)
+
+    def __post_init__(self):
+        check_fields(self, "grpo.")
 
 
 @dataclass
@@ -179,11 +257,19 @@ class EggrollConfig:
             value = getattr(self, f.name)
             if isinstance(value, dict):
                 setattr(self, f.name, _build(type(f.default_factory()), value, f"{f.name}."))
+        check_fields(self)
+        check_fields(self.es, "es.")
 
 
-# Keys that only say how far or how a run goes: a resumed run may change them.
+# Keys that only say how far, where or how a run goes, not what it trains: a resumed run may change them, and
+# `compare` puts runs that differ only in these (and their seed) in one group. The one list of them.
 RUN_ONLY_KEYS = frozenset({"output_dir", "max_steps", "max_wall_s", "eval_every", "save_every",
-                           "distributed_timeout_s", "report_to", "disable_tqdm"})
+                           "distributed_timeout_s", "report_to", "disable_tqdm", "model.device"})
+
+
+def is_run_only(dotted_key: str) -> bool:
+    """Whether a dotted config key (or the section it lies in) is in RUN_ONLY_KEYS."""
+    return dotted_key in RUN_ONLY_KEYS or dotted_key.split(".")[0] in RUN_ONLY_KEYS
 
 
 def _check_type(value, annotation, key: str):
@@ -202,7 +288,7 @@ def _check_type(value, annotation, key: str):
                 pass
         if option is int and isinstance(value, int) and not isinstance(value, bool):
             return value
-        if option in (str, bool) and type(value) is option:
+        if option in (str, bool, dict) and type(value) is option:
             return value
         if typing.get_origin(option) is list and isinstance(value, list):
             (item,) = typing.get_args(option)
@@ -210,8 +296,37 @@ def _check_type(value, annotation, key: str):
                 return [_check_type(v, item, f"{key}[{i}]") for i, v in enumerate(value)]
             except ConfigError:
                 pass
-    names = " or ".join("null" if o is type(None) else getattr(o, "__name__", str(o)) for o in options)
+    lists = [o for o in options if typing.get_origin(o) is list]
+    if lists and not isinstance(value, (list, dict)):  # `rewards: gsm8k`, `--rewards gsm8k`: a list of one
+        try:
+            return _check_type([value], lists[0], key)
+        except ConfigError:
+            pass
+    names = " or ".join(_type_name(o) for o in options)
     raise ConfigError(f"{key} must be {names}, got {value!r}")
+
+
+def _type_name(option) -> str:
+    """'an int', 'a list of str', 'null': how an error names a field's type."""
+    if option is type(None):
+        return "null"
+    if typing.get_origin(option) is list:
+        return f"a list of {_type_name(typing.get_args(option)[0]).split(' ', 1)[1]}"
+    name = getattr(option, "__name__", str(option))
+    return f"{'an' if name[0] in 'aeiou' else 'a'} {name}"
+
+
+def check_fields(section, prefix: str = "") -> None:
+    """Every plain field of a config section checked against its annotation, in place (an int where a float is due
+    becomes a float): `EggrollConfig(max_steps="10")` is refused with the key's name, as a recipe would be."""
+    hints = typing.get_type_hints(type(section))
+    for f in dataclasses.fields(section):
+        value = getattr(section, f.name)
+        if not dataclasses.is_dataclass(hints[f.name]):
+            object.__setattr__(section, f.name, _check_type(value, hints[f.name], prefix + f.name))
+        elif not isinstance(value, hints[f.name]):
+            raise ConfigError(f"{prefix}{f.name} must be a {hints[f.name].__name__} or a dict of its keys, got "
+                              f"{type(value).__name__} {value!r:.80}")
 
 
 def _build(cls, values: dict, prefix: str = ""):
@@ -235,7 +350,8 @@ def _build(cls, values: dict, prefix: str = ""):
 
 
 def parse_overrides(args: list[str]) -> dict:
-    """`--es.sigma 0.002 --output_dir DIR` (or `--key=value`) -> nested dict; values parsed as YAML scalars."""
+    """`--es.sigma 0.002 --output_dir DIR` (or `--key=value`, or dashes: `--output-dir`) -> nested dict; values
+    parsed as YAML scalars."""
     nested, it = {}, iter(args)
     for arg in it:
         if not arg.startswith("--") or len(arg) == 2:
@@ -245,7 +361,7 @@ def parse_overrides(args: list[str]) -> dict:
             raw = next(it, None)
             if raw is None:
                 raise ConfigError(f"override --{key} needs a value")
-        *parents, leaf = key.split(".")
+        *parents, leaf = key.replace("-", "_").split(".")  # --output-dir and --output_dir alike
         node = nested
         for part in parents:
             node = node.setdefault(part, {})
@@ -254,22 +370,38 @@ def parse_overrides(args: list[str]) -> dict:
 
 
 DRY_RUN_MODES = ("full", "tiny")
+# `--dry_run tiny` also shrinks the work of the step, so every recipe's CPU check takes seconds
+TINY_DRY_RUN = {"generation": {"max_new_tokens": 8},
+                "es": {"population_size": 4, "members_per_prompt": 2, "prompts_per_member": 1},
+                "grpo": {"prompts_per_step": 2, "num_generations": 2, "gradient_accumulation_steps": 1}}
+# GSM8K-format problems written for this project (12 train, 4 test): a dry run's data when a gsm8k recipe names none
+GSM8K_SAMPLE = Path(__file__).parent / "assets" / "gsm8k-sample"
 
 
 def dry_run_overrides(mode: str, overrides: dict) -> dict:
     """What `train --dry_run [full|tiny]` changes in a recipe, under the user's own `overrides` (which still win).
 
-    One step of a random-init model of the recipe's architecture (`tiny`: scaled down to run on a CPU), a 2-example
-    held-out evaluation, a checkpoint, and a fresh temporary run directory unless --output_dir is given: it checks
-    that the recipe, data, trainer and output wiring work end to end, not what the recipe learns.
+    One step of a random-init model of the recipe's architecture (`tiny`: scaled down to run on a CPU, with a small
+    population and 8-token completions: TINY_DRY_RUN), a 2-example held-out evaluation, a checkpoint, and a fresh
+    temporary run directory unless --output_dir is given: it checks that the recipe, data, trainer and output wiring
+    work end to end, not what the recipe learns. (dry_run_data supplies GSM8K data when the recipe names none.)
     """
     if mode not in DRY_RUN_MODES:
         raise ConfigError(f"--dry_run takes {' or '.join(DRY_RUN_MODES)}, got {mode!r}")
     dry = {"max_steps": 1, "max_wall_s": None, "eval_every": 1, "save_every": 1, "data": {"eval_limit": 2},
            "model": {"dry_run_random_init": True, "dry_run_shrink": mode == "tiny"}}
+    if mode == "tiny":
+        dry = _merge(dry, TINY_DRY_RUN)
     if "output_dir" not in overrides:
         dry["output_dir"] = tempfile.mkdtemp(prefix="eggroll-dry-run-")
     return _merge(dry, overrides)
+
+
+def dry_run_data(config: EggrollConfig) -> EggrollConfig:
+    """A dry run of a gsm8k recipe that names no data reads the shipped GSM8K_SAMPLE: no Hub, no data flag."""
+    if config.data.task != "gsm8k" or config.data.data_path is not None:
+        return config
+    return dataclasses.replace(config, data=dataclasses.replace(config.data, data_path=str(GSM8K_SAMPLE)))
 
 
 def _merge(base: dict, extra: dict) -> dict:
@@ -313,12 +445,8 @@ def _finite_floats(node, prefix: str = "") -> list[str]:
 
 def validate(config: EggrollConfig) -> None:
     """Cross-field checks, raised before any work starts (and before anything is written)."""
-    from .es import SIGMA_SCALES
-    from .fitness import FITNESS_METHODS
-    from .levers import AGGREGATES, SCHEDULES, SCORINGS
-    from .optim import OPTIMIZERS
+    from .data import TASK_BUILDERS
     from .runlog import BUDGET_CLOCKS
-    from .strategy import STRATEGIES
 
     es, gen, data = config.es, config.generation, config.data
     not_finite = _finite_floats(config)
@@ -336,59 +464,22 @@ def validate(config: EggrollConfig) -> None:
         (config.distributed_timeout_s > 0, f"distributed_timeout_s must be > 0, got {config.distributed_timeout_s}"),
         (config.model.dtype in ("float32", "bfloat16", "float16"),
          f"model.dtype must be float32, bfloat16 or float16, got {config.model.dtype!r}"),
-        (0 < es.sigma <= 1, f"es.sigma must be in (0, 1] (a perturbation of the weights' own scale; the paper uses "
-                            f"~1e-3 on real LLMs), got {es.sigma}"),
-        (es.rank >= 1, f"es.rank must be >= 1, got {es.rank}"),
-        (es.population_size >= 1, f"es.population_size must be >= 1, got {es.population_size}"),
-        (not es.antithetic or es.population_size % 2 == 0,
-         f"es.population_size {es.population_size} is odd; antithetic sampling pairs members: use an even "
-         "population_size or es.antithetic: false"),
-        (es.noise_reuse >= 1, f"es.noise_reuse must be >= 1, got {es.noise_reuse}"),
-        (es.adapter_rank is None or es.adapter_rank == "full" or (isinstance(es.adapter_rank, int)
-                                                                  and es.adapter_rank >= 1),
-         f"es.adapter_rank must be a positive integer, 'full' or null (in place), got {es.adapter_rank!r}"),
-        (es.strategy in STRATEGIES or ":" in es.strategy,
-         f"es.strategy must be one of {', '.join(STRATEGIES)} or package.module:Class, got {es.strategy!r}"),
-        (es.scoring in SCORINGS, f"es.scoring must be one of {', '.join(SCORINGS)}, got {es.scoring!r}"),
-        (es.samples_per_prompt >= 1, f"es.samples_per_prompt must be >= 1, got {es.samples_per_prompt}"),
         (es.samples_per_prompt == 1 or gen.temperature > 0,
          f"es.samples_per_prompt {es.samples_per_prompt} draws several completions per (member, prompt), which "
          "greedy decoding makes identical: set generation.temperature > 0 or es.samples_per_prompt: 1"),
-        (es.aggregate in AGGREGATES, f"es.aggregate must be one of {', '.join(AGGREGATES)}, got {es.aggregate!r}"),
         (es.aggregate != "majority_vote" or es.answer_fn is not None or data.task is not None,
          "es.aggregate majority_vote compares extracted answers: set es.answer_fn (a task name or "
          "package.module:function) for your own dataset"),
-        (es.sigma_schedule in SCHEDULES and es.lr_schedule in SCHEDULES,
-         f"es.sigma_schedule and es.lr_schedule must be one of {', '.join(SCHEDULES)}, got {es.sigma_schedule!r} "
-         f"and {es.lr_schedule!r}"),
-        (es.warmup_steps >= 0, f"es.warmup_steps must be >= 0, got {es.warmup_steps}"),
         (gen.engine == "hf" or (es.strategy == "eggroll" and es.adapter_rank is not None),
          "generation.engine vllm runs members as LoRA adapters: it needs es.strategy eggroll and an adapter "
          "(es.adapter_rank); use generation.engine: hf"),
-        (es.members_per_prompt >= 1 and es.population_size % es.members_per_prompt == 0,
-         f"es.members_per_prompt {es.members_per_prompt} must divide es.population_size {es.population_size}"),
-        (not es.antithetic or es.members_per_prompt % 2 == 0,
-         "es.members_per_prompt must be even with antithetic sampling (both members of a pair answer the same "
-         "prompts)"),
-        (es.prompts_per_member >= 1, f"es.prompts_per_member must be >= 1, got {es.prompts_per_member}"),
-        (es.lr > 0, f"es.lr must be > 0, got {es.lr}"),
-        (0 <= es.momentum < 1, f"es.momentum must be in [0, 1), got {es.momentum}"),
-        (es.weight_decay >= 0 and es.lr * es.weight_decay < 1,
-         f"es.weight_decay must be >= 0 with es.lr * es.weight_decay < 1 (each step keeps 1 - lr * weight_decay of "
-         f"the adapter), got weight_decay {es.weight_decay} at lr {es.lr}"),
-        (es.fitness in FITNESS_METHODS, f"es.fitness must be one of {', '.join(FITNESS_METHODS)}, got {es.fitness!r}"),
-        (es.sigma_scale in SIGMA_SCALES,
-         f"es.sigma_scale must be {' or '.join(SIGMA_SCALES)}, got {es.sigma_scale!r}"),
-        (es.optimizer in OPTIMIZERS, f"es.optimizer must be {' or '.join(OPTIMIZERS)}, got {es.optimizer!r}"),
-        (es.optimizer == "sgd" or es.momentum == 0,
-         "es.momentum is SGD's; es.optimizer adam keeps its own moments: set es.momentum: 0"),
         (es.sigma_scale == "absolute" or config.generation.engine == "hf",
          "es.sigma_scale weight_rms runs on the hf engine (the vllm engine writes member adapters at one σ)"),
         (config.model.dry_run_random_init or not config.model.dry_run_shrink,
          "model.dry_run_shrink shrinks a random-init model: set model.dry_run_random_init too (or use --dry_run tiny)"),
-        (data.task in DATA_TASKS, f"data.task must be one of {', '.join(map(str, DATA_TASKS))} (null: your own "
-                                  f"dataset at data.data_path), got {data.task!r}"),
-        (data.task is not None or data.data_path is not None,
+        (data.task in TASK_BUILDERS, f"data.task must be one of {', '.join(map(str, TASK_BUILDERS))} (null: your own "
+                                     f"dataset at data.data_path), got {data.task!r}"),
+        (data.task is not None or data.data_path is not None or data.train_dataset is not None,
          "data.task is null, so the prompts come from your own dataset: set data.data_path to a local file or "
          "folder or a Hub dataset id"),
         (data.eval_limit >= 1, f"data.eval_limit must be >= 1, got {data.eval_limit}"),
@@ -423,7 +514,15 @@ def validate(config: EggrollConfig) -> None:
             raise ConfigError(message)
 
 
-DATA_TASKS = ("tiny-arith", "gsm8k", "countdown", None)
+def _regex_error(pattern) -> str | None:
+    """Why a target_modules string (a regex, PEFT's rule) does not compile; None when it does or is not a string."""
+    if not isinstance(pattern, str):
+        return None
+    try:
+        re.compile(pattern)
+    except re.error as err:
+        return str(err)
+    return None
 
 
 def _lookup(config, dotted: str):

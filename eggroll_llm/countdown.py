@@ -37,6 +37,7 @@ from fractions import Fraction
 from typing import Any, NamedTuple
 
 from . import tiny_arith
+from .completions import RewardError, completion_text
 
 SPLITS = tiny_arith.SPLITS
 MAX_EXPRESSION_CHARS = 300  # a 4-number answer needs ~25; longer is junk, and the bound caps parse work
@@ -212,8 +213,6 @@ def is_correct(text: str, nums: Sequence[int], target: int | Fraction) -> bool:
 
 def _as_nums(value: Any) -> list[int]:
     """One row's `nums` -> list of ints; accepts lists, tuples, numpy arrays and pyarrow list scalars."""
-    from .rewards import RewardError  # lazy: rewards.py imports this module to register the rewards
-
     value = value.as_py() if hasattr(value, "as_py") else value
     try:
         if isinstance(value, (str, bytes)):
@@ -230,8 +229,6 @@ def _as_nums(value: Any) -> list[int]:
 
 def _as_target(value: Any) -> Fraction:
     """One row's `target` -> exact number; accepts ints (numpy ints too) and numeric strings ("98", " 27.5")."""
-    from .rewards import RewardError
-
     try:
         if isinstance(value, bool):
             raise TypeError
@@ -243,8 +240,6 @@ def _as_target(value: Any) -> Fraction:
 
 def _check_columns(completions: Sequence, source: str, **columns: Any) -> None:
     """Each column (a dataset column repeated once per completion) must be a list as long as `completions`."""
-    from .rewards import RewardError
-
     for name, column in columns.items():
         if column is None:
             got = f"no {name} column"
@@ -262,8 +257,6 @@ def countdown_reward(prompts: Sequence, completions: Sequence, nums: Sequence, t
                      **kwargs: Any) -> list[float]:
     """TRL reward: 1.0 where the last <answer> expression uses each number of `nums` at most once and equals
     `target`, else 0.0."""
-    from .rewards import completion_text
-
     _check_columns(completions, "countdown_reward", nums=nums, target=target)
     return [float(is_correct(completion_text(c), _as_nums(n), _as_target(t)))
             for c, n, t in zip(completions, nums, target)]
@@ -273,8 +266,6 @@ def countdown_format_reward(prompts: Sequence, completions: Sequence, **kwargs: 
     """TRL reward: 1.0 where the last <answer> block holds a parsable expression (right or wrong), else 0.0.
 
     Shaping towards the answer format; recipes weight it low (TinyZero gives 0.1 for format without the answer)."""
-    from .rewards import completion_text
-
     _check_columns(completions, "countdown_format_reward", **{k: kwargs[k] for k in ("nums", "target") if k in kwargs})
     expressions = [extract_expression(completion_text(c)) for c in completions]
     return [float(e is not None and parse_expression(e) is not None) for e in expressions]

@@ -14,23 +14,23 @@ from __future__ import annotations
 import difflib
 import json
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
 import datasets
 
-from . import tiny_arith
+from . import countdown, tiny_arith
 from .hub import require_hub
 from .rewards import gold_answer
 
-TASKS = ("tiny-arith", "gsm8k", "countdown")
 QA_TASKS = ("tiny-arith", "gsm8k")  # question / answer ... #### N rows (load_task)
 GSM8K_HUB_ID = "openai/gsm8k"
 GSM8K_CONFIGS = ("main", "socratic")
 GSM8K_SPLITS = ("train", "test")  # the Hub dataset has no validation split
 TINY_ARITH_SIZES = {"train": 20_000, "validation": 500, "test": 500}  # also the generated countdown splits' sizes
 LOCAL_FORMATS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}  # suffix -> builder
+DATA_FLAGS = "train: --data.data_path DIR; eval: --data DIR"  # where each command takes the data path
 INSTRUCTION = "Solve the problem step by step. End with a line '#### <number>'."
 
 
@@ -89,12 +89,12 @@ def _read_hub(config: str, split: str) -> tuple[datasets.Dataset, str]:
     _check_choice(f"{GSM8K_HUB_ID} split", split, GSM8K_SPLITS,
                   f"; for another split pass a local folder holding {split}.jsonl as the data path")
     require_hub(f"{GSM8K_HUB_ID} ({config}, {split})",
-                "pass a local folder holding GSM8K's train.jsonl and test.jsonl as the data path (--data)")
+                f"pass a local folder holding GSM8K's train.jsonl and test.jsonl as the data path ({DATA_FLAGS})")
     try:
         dataset = datasets.load_dataset(GSM8K_HUB_ID, config, split=split)
     except Exception as err:  # offline, gated, rate-limited: whatever the cause, the fix is a local copy
         raise DataError(f"could not load {GSM8K_HUB_ID} ({config}, {split}) from the Hub: {err}; "
-                        "pass a local jsonl/parquet file or folder as the data path (--data)") from err
+                        f"pass a local jsonl/parquet file or folder as the data path ({DATA_FLAGS})") from err
     return dataset, f"{GSM8K_HUB_ID} ({config}, {split})"
 
 
@@ -153,6 +153,9 @@ def _check_jsonl(path: Path) -> None:
                 except json.JSONDecodeError as err:
                     raise DataError(f"{path}:{number}: not valid JSON ({err.msg}, column {err.colno}); "
                                     "fix or remove that line") from None
+                if "\\u" in line and _has_lone_surrogate(row):  # JSON may escape them; no UTF-8 text holds one
+                    raise DataError(f"{path}:{number}: holds a lone surrogate escape (\\ud800-\\udfff without its "
+                                    "pair), which is not a character; fix or remove that line") from None
                 if not isinstance(row, dict):
                     raise DataError(f"{path}:{number}: expected one JSON object per line, got a "
                                     f"{type(row).__name__}; write one JSON object (a row of columns) per line")
@@ -161,6 +164,15 @@ def _check_jsonl(path: Path) -> None:
         raise DataError(f"cannot read {path}: {err.strerror}; check the path and its permissions") from err
     if rows == 0:
         raise DataError(f"{path} holds no rows; write one JSON object (a row of columns) per line")
+
+
+def _has_lone_surrogate(row) -> bool:
+    """Whether a decoded JSON value holds a string with an unpaired UTF-16 surrogate (pyarrow rejects those)."""
+    try:
+        json.dumps(row, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
 
 
 def normalise(dataset: datasets.Dataset, source: str) -> datasets.Dataset:
@@ -240,7 +252,8 @@ def load_rows(data_path: str | Path, split: str) -> tuple[datasets.Dataset, str]
     """(rows, where they came from) of `split`: a local file (any split: one file is one split), a local folder
     holding `{split}.jsonl/.json/.parquet/.csv`, or a Hub dataset id (`org/name`)."""
     path = Path(data_path).expanduser()
-    if path.exists() or str(data_path).count("/") != 1 or str(data_path).startswith((".", "/", "~")):
+    if (path.exists() or str(data_path).count("/") != 1 or str(data_path).startswith((".", "/", "~"))
+            or path.suffix.lower() in LOCAL_FORMATS):  # sub/x.jsonl is a file, never a Hub id
         return _read_local(path, split)
     require_hub(f"dataset {data_path}", "pass a local file or folder as data_path")
     try:
@@ -288,37 +301,49 @@ def task_dataset(task: str | None, split: str, tokenizer, *, data_path: str | Pa
                  rows_seed: int = 0) -> datasets.Dataset:
     """A recipe's `split` as a trainer dataset: a `prompt` column (text) beside the task's own columns.
 
-    tiny-arith / gsm8k: `question`, `answer` and the formatted prompt (`build_prompts`; few-shot examples chosen with
-    `seed`). countdown: `nums`, `target`, the task prompt through the chat template. Generated tasks draw their rows
-    with `rows_seed`. None: the rows at `data_path`, `prompt_column` renamed to `prompt`.
+    The task's builder in TASK_BUILDERS makes it. tiny-arith / gsm8k: `question`, `answer` and the formatted prompt
+    (`build_prompts`; few-shot examples chosen with `seed`). countdown: `nums`, `target`, the task prompt through the
+    chat template. Generated tasks draw their rows with `rows_seed`. None: the rows at `data_path`, `prompt_column`
+    renamed to `prompt`.
     """
-    if task in QA_TASKS:
-        rows = load_task(task, split, data_path, limit=limit, seed=rows_seed)
-        prompts = build_prompts(tokenizer, rows, few_shot=few_shot, seed=seed, data_path=data_path, task=task)
-        return rows.add_column("prompt", prompts)
+    if task not in TASK_BUILDERS:
+        _check_choice("task", task, TASKS, " (or null for your own dataset)")
     if limit is not None and limit < 1:
         raise DataError(f"limit must be >= 1, got {limit}")
-    if task == "countdown":
-        from . import countdown
+    return TASK_BUILDERS[task](task=task, split=split, tokenizer=tokenizer, data_path=data_path,
+                               prompt_column=prompt_column, limit=limit, few_shot=few_shot, seed=seed,
+                               rows_seed=rows_seed)
 
-        if data_path is None:
-            _check_choice("countdown split", split, countdown.SPLITS)
-            n = TINY_ARITH_SIZES[split] if limit is None else min(limit, TINY_ARITH_SIZES[split])
-            rows = datasets.Dataset.from_list(countdown.make_split(split, n, rows_seed))
-            source = f"countdown {split}"
-        else:
-            rows, source = load_rows(data_path, split)
-        rows = _first(rows, limit)
-        missing = [c for c in ("nums", "target") if c not in rows.column_names]
-        if missing:
-            raise DataError(f"{source} has no {' or '.join(missing)} column (columns: {', '.join(rows.column_names)}); "
-                            "countdown rows hold nums (a list of ints) and target (an int)")
-        prompts = [render_prompt(tokenizer, [{"role": "user", "content": countdown.countdown_prompt(n, t)}])
-                   if getattr(tokenizer, "chat_template", None) else countdown.countdown_prompt(n, t)
-                   for n, t in zip(rows["nums"], rows["target"])]
-        return check_prompts(rows.add_column("prompt", prompts), source)
-    if task is not None:
-        _check_choice("task", task, TASKS, " (or null for your own dataset)")
+
+def _qa_dataset(*, task, split, tokenizer, data_path, limit, few_shot, seed, rows_seed, **_) -> datasets.Dataset:
+    """tiny-arith / gsm8k: question, answer and the formatted prompt."""
+    rows = load_task(task, split, data_path, limit=limit, seed=rows_seed)
+    prompts = build_prompts(tokenizer, rows, few_shot=few_shot, seed=seed, data_path=data_path, task=task)
+    return rows.add_column("prompt", prompts)
+
+
+def _countdown_dataset(*, split, tokenizer, data_path, limit, rows_seed, **_) -> datasets.Dataset:
+    """countdown: generated rows (or data_path's, with nums and target columns) and the task prompt."""
+    if data_path is None:
+        _check_choice("countdown split", split, countdown.SPLITS)
+        n = TINY_ARITH_SIZES[split] if limit is None else min(limit, TINY_ARITH_SIZES[split])
+        rows = datasets.Dataset.from_list(countdown.make_split(split, n, rows_seed))
+        source = f"countdown {split}"
+    else:
+        rows, source = load_rows(data_path, split)
+    rows = _first(rows, limit)
+    missing = [c for c in ("nums", "target") if c not in rows.column_names]
+    if missing:
+        raise DataError(f"{source} has no {' or '.join(missing)} column (columns: {', '.join(rows.column_names)}); "
+                        "countdown rows hold nums (a list of ints) and target (an int)")
+    prompts = [render_prompt(tokenizer, [{"role": "user", "content": countdown.countdown_prompt(n, t)}])
+               if getattr(tokenizer, "chat_template", None) else countdown.countdown_prompt(n, t)
+               for n, t in zip(rows["nums"], rows["target"])]
+    return check_prompts(rows.add_column("prompt", prompts), source)
+
+
+def _own_dataset(*, split, data_path, prompt_column, limit, **_) -> datasets.Dataset:
+    """task null: the rows at data_path, prompt_column renamed to prompt."""
     if data_path is None:
         raise DataError("a dataset of your own needs data_path: a local file or folder, or a Hub dataset id")
     rows, source = load_rows(data_path, split)
@@ -331,6 +356,16 @@ def task_dataset(task: str | None, split: str, tokenizer, *, data_path: str | Pa
             rows = rows.remove_columns("prompt")
         rows = rows.rename_column(prompt_column, "prompt")
     return check_prompts(rows, source)
+
+
+# data.task -> the builder of its trainer datasets; None: a dataset of your own. A new task is one entry here.
+TASK_BUILDERS: dict[str | None, Callable[..., datasets.Dataset]] = {
+    "tiny-arith": _qa_dataset,
+    "gsm8k": _qa_dataset,
+    "countdown": _countdown_dataset,
+    None: _own_dataset,
+}
+TASKS = tuple(name for name in TASK_BUILDERS if name is not None)
 
 
 def _first(rows: datasets.Dataset, limit: int | None) -> datasets.Dataset:

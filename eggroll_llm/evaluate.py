@@ -71,13 +71,14 @@ def evaluate(engine, prompts: list[str], answers: list[str], *, max_new_tokens: 
                       n=n, tokens=sum(c.num_tokens for c in completions), records=records)
 
 
-def held_out_metrics(engine, eval_set, rewards, *, max_new_tokens: int, processes=None,
+def held_out_metrics(engine, eval_set, rewards, *, max_new_tokens: int, accuracy: bool = False, processes=None,
                      records_path: Path | None = None) -> dict:
     """The eval_* keys of a metrics.jsonl record, the same for EGGROLL and GRPO runs.
 
     `eval_set` is an inputs.PromptSet, `rewards` an inputs.RewardSet: `eval_reward` is the mean weighted reward of
-    the greedy completions (per function too, `eval_reward/NAME`, when there are several); a dataset with an `answer`
-    column adds eval_accuracy / eval_strict_accuracy (GSM8K-style checking). With `processes` (distributed.Processes
+    the greedy completions (per function too, `eval_reward/NAME`, when there are several); with `accuracy` (the run
+    asks for it: an answer-checking reward or a GSM8K-style task) the `answer` column adds eval_accuracy /
+    eval_strict_accuracy (GSM8K-style checking). With `processes` (distributed.Processes
     of a multi-process run) each process evaluates its share of the prompts and the records are gathered: the
     figures of one process evaluating them all. `records_path`: the per-problem records, written by the main process.
     """
@@ -93,7 +94,7 @@ def held_out_metrics(engine, eval_set, rewards, *, max_new_tokens: int, processe
             record = {"index": index, "reward": float(total[k]), "completion": text[k]}
             if len(parts) > 1:
                 record["rewards"] = {label: float(scores[k]) for label, scores in parts.items()}
-            if "answer" in columns:
+            if accuracy and "answer" in columns:
                 checked = answer_record(text[k], columns["answer"][k])
                 record.update({k: checked[k] for k in ("gold", "correct", "strict_correct")})
             records.append(record)

@@ -32,16 +32,33 @@ from pathlib import Path
 import torch
 from transformers import TrainerCallback, TrainingArguments
 
-from .config import ConfigError, EggrollConfig, to_dict
+from .config import ConfigError, DataConfig, EggrollConfig, to_dict
 from .engine.hf import HFEngine
 from .evaluate import held_out_metrics
 from .fitness import check_scores
-from .inputs import PromptSet, RewardSet, model_and_tokenizer, prompt_budget, run_config
+from .inputs import (
+    PromptSet,
+    RewardSet,
+    hide_progress_bars,
+    model_and_tokenizer,
+    prompt_budget,
+    run_config,
+    wants_accuracy,
+)
 from .interrupt import Interrupted, StopSignals
-from .io import atomic_directory
+from .io import atomic_directory, fsync_file
 from .models import default_device
 from .rundir import prepare_run_dir
-from .runlog import BUDGET_CLOCKS, MetricsLog, RunTotals, open_trackers, peak_memory_mb
+from .runlog import (
+    BUDGET_CLOCKS,
+    MetricsLog,
+    RunTotals,
+    TrainerState,
+    TrainOutput,
+    open_trackers,
+    peak_memory_mb,
+    train_output,
+)
 
 # transformers renamed TrainingArguments.gradient_checkpointing (the old name warns); older releases know only it
 _CHECKPOINTING = ("activation_checkpointing" if "activation_checkpointing" in TrainingArguments.__dataclass_fields__
@@ -149,6 +166,8 @@ class RunLogCallback(TrainerCallback):
         if state.global_step % self.eval_every == 0 or state.global_step >= state.max_steps or out_of_time:
             record.update(self.held_out(model, state.global_step))
         self.log.log(record)
+        if control.should_save or state.global_step % args.save_steps == 0 or state.global_step >= state.max_steps:
+            fsync_file(self.log.path)  # this step's record reaches the disk before the checkpoint that follows it
 
 
 def parameter_counts(model: torch.nn.Module) -> dict:
@@ -185,11 +204,15 @@ class GRPOBaselineTrainer:
     """
 
     def __init__(self, model, reward_funcs, train_dataset, eval_dataset=None, args: EggrollConfig | None = None,
-                 processing_class=None):
+                 processing_class=None, data_source: DataConfig | None = None):
         args = args or EggrollConfig(method="grpo")
         check_grpo(args)
+        if args.disable_tqdm:
+            hide_progress_bars()
         self.rewards = RewardSet(reward_funcs, args.reward_weights)
-        self.args = args = run_config(args, model, self.rewards)
+        self.args = args = run_config(args, model, self.rewards, train_dataset, eval_dataset, data_source)
+        self.accuracy = wants_accuracy(self.rewards, args.data)
+        self.state, self.training_loss = TrainerState(), None
         self.device = default_device(args.model.device)
         self.model, self.tokenizer = model_and_tokenizer(model, processing_class, args, self.device)
         budget = prompt_budget(self.model, args.generation.max_new_tokens)
@@ -208,11 +231,12 @@ class GRPOBaselineTrainer:
         engine = HFEngine(policy.get_base_model() if isinstance(policy, PeftModel) else policy, self.tokenizer,
                           max_batch_tokens=self.args.generation.max_batch_tokens)
         return held_out_metrics(engine, self.eval_set, self.rewards,
-                                max_new_tokens=self.args.generation.max_new_tokens,
+                                max_new_tokens=self.args.generation.max_new_tokens, accuracy=self.accuracy,
                                 records_path=Path(self.args.output_dir) / "eval" / f"step-{step:06d}.jsonl")
 
-    def train(self, resume_from_checkpoint: bool = False) -> Path:
-        """Run (or resume) the GRPO run; returns the run directory (layout as EGGROLL's).
+    def train(self, resume_from_checkpoint: bool = False) -> TrainOutput:
+        """Run (or resume) the GRPO run (a run directory laid out as EGGROLL's); returns a TrainOutput, and
+        `self.state.log_history` holds the records of metrics.jsonl, as EggrollTrainer's.
 
         A SIGINT or SIGTERM ends the current step, saves it and raises interrupt.Interrupted (see interrupt.py).
         """
@@ -233,7 +257,9 @@ class GRPOBaselineTrainer:
         finally:
             log.close()
             lock.release()
-        return run_dir
+            records = log.read() if log.path.is_file() else []
+            self.state = TrainerState(log_history=records, global_step=records[-1]["step"] if records else 0)
+        return train_output(run_dir, self.state.log_history, config.max_steps, self.training_loss)
 
     def _trl_trainer(self, run_dir: Path, log: MetricsLog, resume: bool, stop: StopSignals):
         """Build TRL's GRPOTrainer with the run's callback and train it (until done, or a stop request)."""
@@ -291,5 +317,5 @@ class GRPOBaselineTrainer:
                                   peft_config=peft_config)
             if config.disable_tqdm:
                 trainer.remove_callback(PrinterCallback)  # it prints every log dict when the progress bar is off
-            trainer.train(resume_from_checkpoint=checkpoint)
+            self.training_loss = trainer.train(resume_from_checkpoint=checkpoint).training_loss
         return trainer

@@ -35,14 +35,16 @@ def _reachable(host: str, port: int) -> str | None:
         return str(err) or type(err).__name__
 
 
-def require_hub(what: str, fix: str) -> None:
+def require_hub(what: str, fix: str, *, cache: bool = True) -> None:
     """Raise HubUnreachable naming `what` needed the Hub and `fix` (how to do without), unless the Hub answers or
-    HF_HUB_OFFLINE is set (then the libraries use the local cache)."""
+    HF_HUB_OFFLINE is set (then the libraries use the local cache). `cache` False: the local cache cannot stand in
+    (an upload), so the message does not suggest HF_HUB_OFFLINE."""
     if offline():
         return
     endpoint = urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
     host, port = endpoint.hostname or "huggingface.co", endpoint.port or (80 if endpoint.scheme == "http" else 443)
     problem = _reachable(host, port)
     if problem is not None:
+        cached = ", or set HF_HUB_OFFLINE=1 to use the local Hugging Face cache" if cache else ""
         raise HubUnreachable(f"{what} needs the Hugging Face Hub, which cannot be reached ({host}:{port}: {problem}); "
-                             f"{fix}, or set HF_HUB_OFFLINE=1 to use the local Hugging Face cache")
+                             f"{fix}{cached}")

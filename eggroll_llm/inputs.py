@@ -17,11 +17,11 @@ from collections.abc import Callable, Sequence
 import datasets
 import torch
 
-from .config import ConfigError, EggrollConfig, validate
-from .data import DataError, check_prompts, render_prompt
+from .config import ConfigError, DataConfig, EggrollConfig, validate
+from .data import QA_TASKS, DataError, check_prompts, render_prompt
 from .fitness import check_scores
 from .models import load_base, load_tokenizer
-from .rewards import RewardError, resolve_reward, reward_name
+from .rewards import ACCURACY_REWARDS, RewardError, resolve_reward, reward_name
 
 
 class RewardSet:
@@ -33,6 +33,7 @@ class RewardSet:
             raise RewardError("reward_funcs is empty; give at least one reward function")
         self.funcs = [resolve_reward(entry) for entry in entries]
         self.names = [reward_name(entry) for entry in entries]  # what config.yaml records
+        self.wants_accuracy = any(fn in ACCURACY_REWARDS for fn in self.funcs)  # eval_accuracy beside eval_reward
         self.labels = _unique([getattr(fn, "__name__", None) or type(fn).__name__ for fn in self.funcs])  # log keys
         if weights is not None and len(weights) != len(entries):
             raise RewardError(f"reward_weights has {len(weights)} entries for {len(entries)} reward functions; give "
@@ -48,6 +49,13 @@ class RewardSet:
         parts = {}
         for label, fn, weight in zip(self.labels, self.funcs, self.weights):
             scores = fn(prompts, completions, completion_ids=completion_ids, **columns)
+            if not isinstance(scores, (list, tuple, torch.Tensor)):
+                raise RewardError(f"reward {label!r} returned {type(scores).__name__} {scores!r:.80}, not a list; "
+                                  f"return one score (or None) per completion: a list of {len(completions)}")
+            if all(score is None for score in scores):
+                warnings.warn(f"reward {label!r} returned None for every completion (None counts as 0, so it gives "
+                              "no signal: a step of only such scores makes no update); check that it applies to "
+                              "this dataset", stacklevel=2)
             parts[label] = check_scores(scores, len(completions), label)
             total += weight * parts[label]
         return total, parts
@@ -124,13 +132,50 @@ def fit_prompts(ids: list[list[int]], budget: int, policy: str, source: str) -> 
     return [prompt[-budget:] if len(prompt) > budget else prompt for prompt in ids]
 
 
-def run_config(args: EggrollConfig, model, rewards: RewardSet) -> EggrollConfig:
-    """The run's config as config.yaml records it: `args` with the model's name and the reward names actually given
-    (a model object is named by its name_or_path, as an export names its base), validated."""
+# data.* keys that say how a recipe builds its datasets; with datasets given as objects they would build nothing
+RECIPE_DATA_KEYS = ("task", "data_path", "prompt_column", "train_split", "eval_split", "eval_limit", "few_shot")
+
+
+def describe_dataset(dataset: datasets.Dataset | None) -> dict | None:
+    """What config.yaml records of a dataset given as an object: its fingerprint (datasets' own content hash), its
+    number of rows and its columns."""
+    if dataset is None:
+        return None
+    return {"fingerprint": dataset._fingerprint, "num_rows": len(dataset), "columns": list(dataset.column_names)}
+
+
+def run_config(args: EggrollConfig, model, rewards: RewardSet, train_dataset, eval_dataset,
+               data_source: DataConfig | None) -> EggrollConfig:
+    """The run's config as config.yaml records it, validated: `args` with the model's name and the reward names
+    actually given (a model object is named by its name_or_path, as an export names its base).
+
+    `data_source`: the recipe section the datasets were built from (`eggroll-llm train`), kept as it is. None: the
+    datasets came as objects, so `data:` records their descriptions (describe_dataset) instead of a task, and a
+    data.* key that would have built them (RECIPE_DATA_KEYS) is refused rather than ignored.
+    """
     name = model if isinstance(model, str) else getattr(model, "name_or_path", "") or args.model.name
-    args = dataclasses.replace(args, rewards=rewards.names, model=dataclasses.replace(args.model, name=name))
+    data = args.data
+    if data_source is None:
+        check_prompts(train_dataset, "train_dataset")  # what is described below must be a dataset
+        # the defaults, or what a config of an earlier run of objects holds (resuming one passes it back)
+        default = DataConfig(task=None) if data.train_dataset is not None else DataConfig()
+        changed = [key for key in RECIPE_DATA_KEYS if getattr(data, key) != getattr(default, key)]
+        if changed:
+            raise ConfigError(f"data.{changed[0]} is {getattr(data, changed[0])!r}, but the datasets came as objects "
+                              "(train_dataset, eval_dataset), which data.* does not build; shape the datasets "
+                              f"themselves (e.g. eval_dataset.select(range(n)) for eval_limit) and leave data."
+                              f"{changed[0]} at its default")
+        data = dataclasses.replace(data, task=None, data_path=None, train_dataset=describe_dataset(train_dataset),
+                                   eval_dataset=describe_dataset(eval_dataset))
+    args = dataclasses.replace(args, rewards=rewards.names, model=dataclasses.replace(args.model, name=name),
+                               data=data)
     validate(args)
     return args
+
+
+def wants_accuracy(rewards: RewardSet, data: DataConfig) -> bool:
+    """Whether held-out evaluation reports eval_accuracy: an answer-checking reward or a GSM8K-style task asks."""
+    return rewards.wants_accuracy or data.task in QA_TASKS
 
 
 def model_and_tokenizer(model, processing_class, args: EggrollConfig, device: str):
@@ -151,3 +196,12 @@ def _unique(labels: list[str]) -> list[str]:
         seen[label] = seen.get(label, 0) + 1
         out.append(label if seen[label] == 1 else f"{label}#{seen[label]}")
     return out
+
+
+def hide_progress_bars() -> None:
+    """No progress bars from transformers (loading weights) or datasets (map, reading files): `disable_tqdm` asks
+    for none, not only for the trainer's own."""
+    from transformers.utils import logging as transformers_logging
+
+    transformers_logging.disable_progress_bar()
+    datasets.disable_progress_bars()

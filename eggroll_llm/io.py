@@ -1,13 +1,18 @@
-"""Atomic file and folder writes: a crash or a bad input never leaves a half-written output behind; and the one rule
-for replacing an output folder (`check_output_folder`), shared by `export` and `compare`."""
+"""Atomic file and folder writes: a crash or a bad input never leaves a half-written output behind; the one rule
+for replacing an output folder (`check_output_folder`), shared by `export` and `compare`; and `writing`, which turns
+a failed write (disk full, read-only file system, no permission) into one line naming what, where and the fix."""
 
 from __future__ import annotations
 
+import errno
 import os
+import re
 import shutil
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
+
+from safetensors import SafetensorError
 
 
 def _default_mode() -> int:
@@ -27,10 +32,17 @@ def atomic_file(path: str | Path):
     try:
         yield Path(tmp)
         os.chmod(tmp, _default_mode())
+        fsync_file(tmp)  # on disk before the rename: a power cut leaves the old file or the new, never an empty one
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def fsync_file(path: str | Path) -> None:
+    """Flush a written file's data to the disk (the OS may otherwise hold it in memory past a power cut)."""
+    with open(path, "rb") as handle:
+        os.fsync(handle.fileno())
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
@@ -67,6 +79,14 @@ def atomic_directory(path: str | Path, *, overwrite: bool = False):
         raise
 
 
+RUN_DIR_MARKERS = ("config.yaml", "metrics.jsonl")  # what every run directory holds (rundir.py writes them)
+
+
+def is_run_dir(folder: Path) -> bool:
+    """Whether `folder` is a run directory written by `eggroll-llm train`."""
+    return all((Path(folder) / name).is_file() for name in RUN_DIR_MARKERS)
+
+
 class OutputFolderError(ValueError):
     """An output folder that writing or replacing could lose data in; the message names it and the fix."""
 
@@ -75,14 +95,15 @@ def check_output_folder(out: Path, *, kind: str, markers: tuple[str, ...], prote
                         error: type[ValueError] = OutputFolderError) -> None:
     """Refuse `out` before any work when replacing it could lose data.
 
-    Refused: the working directory or a folder above it; a protected folder (a run directory), anything inside one
-    or holding one; an existing folder that is not empty and lacks the `markers` files of a previous `kind`. A
-    previous `kind` is replaced only with `force`. `error` is the ValueError subclass to raise.
+    Refused: the working directory or a folder above it; a protected folder (the runs named), any run directory,
+    anything inside one or holding one; an existing folder that is not empty and lacks the `markers` files of a
+    previous `kind`. A previous `kind` is replaced only with `force`. `error` is the ValueError subclass to raise.
     """
     target, cwd = Path(out).resolve(), Path.cwd().resolve()
     if target == cwd or target in cwd.parents:
         raise error(f"--out {out} is the working directory or a folder above it; choose a new folder")
-    for folder in protected:
+    around = [folder for folder in (target, *target.parents) if is_run_dir(folder)]  # any run, not only those named
+    for folder in [*protected, *around]:
         folder = Path(folder).resolve()
         if target == folder or folder in target.parents or target in folder.parents:
             raise error(f"--out {out} would overwrite run directory {folder} (it is the run, inside it or holds it); "
@@ -94,3 +115,39 @@ def check_output_folder(out: Path, *, kind: str, markers: tuple[str, ...], prote
         raise error(f"--out {out} exists and is not a {kind} (no {' + '.join(markers)}); choose a new folder")
     if not force:
         raise error(f"--out {out} holds a previous {kind}; pass --force to replace it")
+
+
+WRITE_FIXES = {
+    errno.ENOSPC: "free space on that disk (or move the run to another with output_dir), then continue with --resume",
+    errno.EDQUOT: "free space within your disk quota, then continue with --resume",
+    errno.EROFS: "that file system is read-only; choose an output_dir on a writable disk",
+    errno.EACCES: "you may not write there; fix the folder's permissions or choose another output_dir",
+    errno.EPERM: "you may not write there; fix the folder's permissions or choose another output_dir",
+}
+
+
+class WriteError(OSError):
+    """A write that failed for a reason outside the program (disk full, read-only, permissions); one line."""
+
+
+@contextmanager
+def writing(what: str, where: str | Path):
+    """Run the enclosed writes; a failure of the disk (OSError, or safetensors' SafetensorError, which wraps one)
+    becomes a WriteError naming `what`, `where`, the reason and the fix."""
+    try:
+        yield
+    except WriteError:
+        raise
+    except (OSError, SafetensorError) as err:
+        code = err.errno if isinstance(err, OSError) else _os_error_code(str(err))
+        if code not in WRITE_FIXES:
+            raise
+        error = WriteError(f"could not write {what} to {where} ({os.strerror(code)}); {WRITE_FIXES[code]}")
+        error.errno = code
+        raise error from err
+
+
+def _os_error_code(message: str) -> int | None:
+    """The errno inside a safetensors message ('... No space left on device (os error 28)')."""
+    found = re.search(r"os error (\d+)", message)
+    return int(found.group(1)) if found else None

@@ -66,12 +66,29 @@ def resolve_model(name: str) -> str:
                              "pass a folder written by save_pretrained, a Hub id, or an embedded name: "
                              f"{', '.join(EMBEDDED_MODELS)}")
         return str(path)
+    if looks_local(name):
+        raise ModelError(f"model folder {name} does not exist; check the path, or give a Hub id (org/name) or an "
+                         f"embedded name: {', '.join(EMBEDDED_MODELS)}")
     if name.count("/") == 1 and all(name.split("/")):
         return name  # a Hub id; from_pretrained reports download problems itself
     close = difflib.get_close_matches(name, list(EMBEDDED_MODELS), n=1)
     hint = f" Did you mean {close[0]!r}?" if close else ""
     raise ModelError(f"unknown model {name!r}: not an embedded model ({', '.join(EMBEDDED_MODELS)}), "
                      f"an existing folder, or a Hub id of the form org/name.{hint}")
+
+
+def looks_local(name: str) -> bool:
+    """Whether `name` can only be a path, never a Hub id (./x, ../x, /x, ~/x, a Windows drive, or not a valid id)."""
+    from huggingface_hub.errors import HFValidationError
+    from huggingface_hub.utils import validate_repo_id
+
+    if name.startswith((".", "/", "~")) or Path(name).is_absolute():
+        return True
+    try:
+        validate_repo_id(name)
+    except HFValidationError:
+        return True
+    return False
 
 
 def fetchable(name: str) -> str:

@@ -140,7 +140,7 @@ def push_export(folder: str | Path, repo_id: str, *, private: bool = False, revi
     if token is None:
         raise PushError("no Hugging Face token found (HF_TOKEN unset and no cached login); run `hf auth login` or "
                         "set HF_TOKEN to a token with write access")
-    require_hub(f"pushing to {repo_id}", "push from a machine with network access")
+    require_hub(f"pushing to {repo_id}", "push from a machine with network access", cache=False)
     api = HfApi(token=token)
     try:
         url = api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")

@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import difflib
 import importlib
+import importlib.machinery
+import importlib.util
 import os
 import re
 import sys
@@ -28,16 +30,15 @@ from collections.abc import Callable, Sequence
 from fractions import Fraction
 from typing import Any
 
+from .completions import RewardError, completion_text
+from .countdown import countdown_format_reward, countdown_reward
+
 EXTRACT_MODES = ("strict", "flexible")
 
 _STRICT = re.compile(r"####[ \t]*(\$?-?\$?[0-9.,]+)")
 _FLEXIBLE = re.compile(r"(-?[$0-9.,]{2,})|(-?[0-9]+)")
 _BOXED = re.compile(r"\\boxed\{((?:[^{}]|\{[^{}]*\})*)\}")  # one level of nested braces: \boxed{18\text{ dollars}}
 _NUMBER = re.compile(r"-?(?:\d+(?:\.\d+)?|\.\d+)")
-
-
-class RewardError(ValueError):
-    """Bad input to answer checking or a reward function: unknown mode or name, mismatched lists, unusable gold."""
 
 
 def _clean(raw: str) -> str | None:
@@ -107,22 +108,6 @@ def gold_answer(answer: str | int) -> str:
                       "check the dataset's answer column")
 
 
-def completion_text(completion: str | list[dict[str, Any]]) -> str:
-    """A completion as plain text: a string as is, or TRL's conversational form (a list of message dicts) -> the
-    content of the last assistant message (of the last message when none says role=assistant)."""
-    if isinstance(completion, str):
-        return completion
-    if isinstance(completion, list) and completion and all(isinstance(m, dict) for m in completion):
-        assistant = [m for m in completion if m.get("role") == "assistant"] or completion
-        content = assistant[-1].get("content") or ""
-        if isinstance(content, list):  # multimodal chat format: [{"type": "text", "text": ...}, ...]
-            content = "".join(part.get("text", "") for part in content if isinstance(part, dict))
-        if isinstance(content, str):
-            return content
-    raise RewardError(f"cannot read a completion of type {type(completion).__name__}: {completion!r:.200}; "
-                      "pass a string or a non-empty list of {'role': ..., 'content': ...} messages")
-
-
 def _check_answers(completions: Sequence, answer: Sequence | None, source: str) -> None:
     if isinstance(answer, str):
         raise RewardError(f"{source}: answer must be a list of gold answers (one per completion), got one string")
@@ -159,7 +144,13 @@ REWARD_FUNCTIONS: dict[str, Callable[..., list[float | None]]] = {
     "gsm8k": gsm8k_reward,
     "gsm8k_strict": strict_gsm8k_reward,
     "format": format_reward,
+    "countdown": countdown_reward,  # TinyZero's task (countdown.py)
+    "countdown_format": countdown_format_reward,
 }
+
+
+# Rewards that check gold answers: a run scored by one of them also reports eval_accuracy (evaluate.py).
+ACCURACY_REWARDS = (gsm8k_reward, strict_gsm8k_reward)
 
 
 def get_reward_function(name: str) -> Callable[..., list[float | None]]:
@@ -185,10 +176,8 @@ def resolve_reward(entry: str | Callable) -> Callable[..., list[float | None]]:
     module_name, _, attribute = entry.partition(":")
     if not module_name or not attribute:
         raise RewardError(f"reward {entry!r}: write an import path as package.module:function")
-    if "" not in sys.path and os.getcwd() not in sys.path:  # like `python -m`: modules beside the recipe's caller
-        sys.path.append(os.getcwd())
     try:
-        module = importlib.import_module(module_name)
+        module = _import_module(module_name)
     except Exception as err:  # ImportError, or the module's own error while importing
         raise RewardError(f"reward {entry!r}: cannot import {module_name} ({type(err).__name__}: {err}); check "
                           "that the module is installed or in the working directory") from err
@@ -198,22 +187,44 @@ def resolve_reward(entry: str | Callable) -> Callable[..., list[float | None]]:
         if fn is None:
             raise RewardError(f"reward {entry!r}: module {module_name} has no attribute {attribute!r}")
     if not callable(fn):
-        raise RewardError(f"reward {entry!r} is a {type(fn).__name__}, not a function; point it at a callable "
-                          "fn(prompts, completions, **columns) -> list[float | None]")
+        kind = type(fn).__name__
+        raise RewardError(f"reward {entry!r} is {'an' if kind[0] in 'aeiou' else 'a'} {kind}, not a function; point "
+                          "it at a callable fn(prompts, completions, **columns) -> list[float | None]")
     return fn
 
 
+def _import_module(name: str):
+    """`importlib.import_module(name)`, falling back to a top-level module or package in the working directory (as
+    `python -m` finds one; the `eggroll-llm` script does not) without adding the directory to sys.path."""
+    try:
+        return importlib.import_module(name)
+    except ModuleNotFoundError as err:
+        top = name.partition(".")[0]
+        spec = importlib.machinery.PathFinder.find_spec(top, [os.getcwd()]) if err.name == top else None
+        if spec is None:
+            raise
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[top] = module
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        del sys.modules[top]
+        raise
+    return importlib.import_module(name)
+
+
+NOT_IMPORTABLE = " (not importable)"  # marks a recorded reward that a recipe cannot name again
+
+
 def reward_name(entry: str | Callable) -> str:
-    """How a reward is named in config.yaml and the logs: its name or import path as given, else module:qualname."""
+    """How a reward is named in config.yaml and the logs: its name or import path as given, else module:qualname,
+    marked NOT_IMPORTABLE where that path does not lead back to it (a script's __main__, a lambda, a local)."""
     if isinstance(entry, str):
         return entry
     qualname = getattr(entry, "__qualname__", None) or type(entry).__name__
-    return f"{getattr(entry, '__module__', None) or '__main__'}:{qualname}"
-
-
-# Countdown (TinyZero's task) lives in its own module; registered here so recipes and the stable names
-# `eggroll_llm.rewards.countdown_reward` / `countdown_format_reward` reach it like the GSM8K rewards.
-from .countdown import countdown_format_reward, countdown_reward  # noqa: E402  (countdown imports rewards lazily)
-
-REWARD_FUNCTIONS["countdown"] = countdown_reward
-REWARD_FUNCTIONS["countdown_format"] = countdown_format_reward
+    name = f"{getattr(entry, '__module__', None) or '__main__'}:{qualname}"
+    try:
+        importable = not name.startswith("__main__:") and "<" not in qualname and resolve_reward(name) is entry
+    except RewardError:
+        importable = False
+    return name if importable else name + NOT_IMPORTABLE

@@ -13,17 +13,20 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
 import socket
+import warnings
 from pathlib import Path
 
 import yaml
 from filelock import FileLock, Timeout
 
-from .config import RUN_ONLY_KEYS, EggrollConfig, flatten, to_dict
-from .io import atomic_write_text
+from .config import EggrollConfig, flatten, is_run_only, to_dict
+from .io import WRITE_FIXES, WriteError, atomic_write_text
+from .rewards import NOT_IMPORTABLE
 
 LOCK_FILE, HOLDER_FILE = ".lock", ".lock.holder"
 
@@ -33,10 +36,35 @@ class RunDirBusy(ValueError):
 
 
 def changed_keys(saved: dict, config: EggrollConfig) -> list[str]:
-    """`key: saved → now` for every recipe key (run-only keys aside) where `config` differs from a saved config."""
+    """`key: saved → now` for every recipe key (run-only keys aside) where `config` differs from a saved config.
+
+    A dataset fingerprint that changed only warns: datasets gives data mapped with an unhashable function a new
+    fingerprint each time, so the same rows can come back under another one."""
     before, now = flatten(saved), flatten(to_dict(config))
-    return [f"{key}: {before.get(key)!r} → {now.get(key)!r}" for key in sorted(set(before) | set(now))
-            if key.split(".")[0] not in RUN_ONLY_KEYS and before.get(key) != now.get(key)]
+    differ = [key for key in sorted(set(before) | set(now)) if not is_run_only(key) and before.get(key) != now.get(key)]
+    for key in [k for k in differ if k.endswith(".fingerprint")]:
+        warnings.warn(f"{key} changed since the run started ({before.get(key)} → {now.get(key)}); resuming with the "
+                      "dataset as given (same rows and columns)", stacklevel=2)
+    return [f"{key}: {before.get(key)!r} → {now.get(key)!r}" for key in differ if not key.endswith(".fingerprint")]
+
+
+def check_recipe_can_resume(run_dir: Path) -> None:
+    """Refuse resuming from a recipe a run that trained on Python objects: datasets given as objects (config.yaml
+    holds their description, not a task) or reward functions that cannot be imported by name."""
+    path = Path(run_dir) / "config.yaml"
+    saved = (yaml.safe_load(path.read_text()) or {}) if path.is_file() else {}
+    data = saved.get("data") or {}
+    if data.get("train_dataset"):
+        described = data["train_dataset"]
+        raise ValueError(f"cannot resume {run_dir} from a recipe: it trained on a dataset given as a Python object "
+                         f"({described.get('num_rows')} rows, fingerprint {described.get('fingerprint')}), which no "
+                         "recipe can rebuild; resume it from Python with the same datasets: "
+                         "trainer.train(resume_from_checkpoint=True)")
+    hidden = [name for name in saved.get("rewards") or [] if str(name).endswith(NOT_IMPORTABLE)]
+    if hidden:
+        raise ValueError(f"cannot resume {run_dir} from a recipe: its reward {hidden[0]} cannot be imported by name; "
+                         "resume it from Python with the same reward functions: "
+                         "trainer.train(resume_from_checkpoint=True)")
 
 
 def has_checkpoint(run_dir: Path) -> bool:
@@ -73,6 +101,32 @@ def refuse_if_busy(run_dir: Path) -> None:
         _acquire(Path(run_dir)).release()
 
 
+def check_resumable(run_dir: Path, resume: bool) -> None:
+    """A resume needs its run directory: a mistyped path is refused instead of silently starting a new run there.
+    (A folder that exists but holds no checkpoint yet, a run killed while it started, resumes from the start.)"""
+    if resume and not Path(run_dir).is_dir():
+        raise FileNotFoundError(f"cannot resume {run_dir}: no such run directory; check the path (a run resumes from "
+                                "its output_dir), or drop --resume to start a new run there")
+
+
+def check_writable(run_dir: Path) -> None:
+    """Refuse, before anything is loaded or written, a run directory this process cannot write (a read-only file
+    system, no permission): the nearest existing folder at or above it must be writable."""
+    folder = Path(run_dir).absolute()
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir():
+        raise WriteError(f"cannot make run directory {run_dir}: {folder} is a file; choose another output_dir")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        code = errno.EROFS if _read_only(folder) else errno.EACCES
+        raise WriteError(f"cannot write run directory {run_dir} ({os.strerror(code)} at {folder}); "
+                         f"{WRITE_FIXES[code]}")
+
+
+def _read_only(folder: Path) -> bool:
+    return bool(os.statvfs(folder).f_flag & os.ST_RDONLY)
+
+
 def _read_holder(run_dir: Path) -> dict:
     try:
         return json.loads((run_dir / HOLDER_FILE).read_text())
@@ -95,6 +149,9 @@ def prepare_run_dir(config: EggrollConfig, resume: bool, write: bool = True) -> 
     With `write` False (the other processes of a distributed run) nothing is locked or written: (run_dir, None).
     """
     run_dir = Path(config.output_dir)
+    check_resumable(run_dir, resume)
+    if write:
+        check_writable(run_dir)
     lock = lock_run_dir(run_dir) if write else None
     try:
         if resume and (run_dir / "config.yaml").is_file():

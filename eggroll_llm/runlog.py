@@ -14,7 +14,7 @@ import resource
 import sys
 import time
 import warnings
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from .io import atomic_write_text
@@ -58,6 +58,45 @@ class RunTotals:
         """The budget keys of a metrics.jsonl record (one optimizer update per step for both methods)."""
         return {"step": self.step, "wall_s": round(self.wall_s, 3), "completions": self.completions,
                 "tokens": self.tokens, "prompt_tokens": self.prompt_tokens, "updates": self.step}
+
+
+@dataclass
+class TrainerState:
+    """What a trainer knows of its run after train(), as TRL's `trainer.state`: the per-step records of
+    metrics.jsonl (`log_history`, resumed steps included) and the last step reached."""
+
+    log_history: list[dict] = field(default_factory=list)
+    global_step: int = 0
+
+
+@dataclass(frozen=True)
+class TrainOutput:
+    """What train() returns, shaped like transformers' TrainOutput: the last step, the training loss (None for
+    EGGROLL, which has no loss), the last record's metrics, plus the run directory and why the run stopped."""
+
+    global_step: int
+    training_loss: float | None
+    metrics: dict
+    run_dir: Path
+    stopped_by: str  # "max_steps", or "max_wall_s" when the time budget ended the run first
+
+
+def train_output(run_dir: Path, records: list[dict], max_steps: int, training_loss: float | None = None
+                 ) -> TrainOutput:
+    """The TrainOutput of a finished run from its records (the last holds the step reached)."""
+    last = records[-1] if records else {"step": 0}
+    stopped_by = "max_steps" if last["step"] >= max_steps else "max_wall_s"
+    return TrainOutput(global_step=last["step"], training_loss=training_loss, metrics=dict(last),
+                       run_dir=Path(run_dir), stopped_by=stopped_by)
+
+
+def stop_note(output: TrainOutput, max_steps: int, max_wall_s: float | None) -> str:
+    """One line on how a run ended: at max_steps, or earlier because its time budget was spent."""
+    if output.stopped_by == "max_steps":
+        return f"finished {output.global_step} of {max_steps} steps"
+    return (f"stopped at step {output.global_step} of {max_steps}: the max_wall_s budget of {max_wall_s:g} s of "
+            f"training was spent ({output.metrics.get('wall_s', 0):g} s); to go on, --resume with a larger "
+            "--max_wall_s")
 
 
 class MetricsLog:

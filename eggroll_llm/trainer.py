@@ -12,7 +12,8 @@ Shaped like TRL's GRPOTrainer:
 
     trainer = EggrollTrainer(model="tiny-arith", reward_funcs=[my_reward], train_dataset=train_ds,
                              eval_dataset=eval_ds, args=EggrollConfig(output_dir="runs/x", max_steps=50))
-    trainer.train()                     # trainer.train(resume_from_checkpoint=True) continues a run
+    output = trainer.train()            # TrainOutput; trainer.train(resume_from_checkpoint=True) continues a run
+    trainer.state.log_history           # the per-step records of metrics.jsonl, as TRL keeps them
 """
 
 from __future__ import annotations
@@ -26,18 +27,36 @@ import torch
 from tqdm.auto import tqdm
 
 from .checkpoint import checkpoint_step, list_checkpoints, load_checkpoint, save_checkpoint
-from .config import ConfigError, EggrollConfig, to_dict
+from .config import ConfigError, DataConfig, EggrollConfig, to_dict
 from .distributed import init_processes, shard_rows, shard_seed
 from .engine import SamplingParams, get_engine
 from .es import EggrollES, population_layout
 from .evaluate import held_out_metrics
 from .export import base_model_id, export_peft_adapter, load_peft_adapter, save_merged_model
-from .inputs import PromptSet, RewardSet, model_and_tokenizer, prompt_budget, run_config
+from .inputs import (
+    PromptSet,
+    RewardSet,
+    hide_progress_bars,
+    model_and_tokenizer,
+    prompt_budget,
+    run_config,
+    wants_accuracy,
+)
 from .interrupt import Interrupted, StopSignals
+from .io import fsync_file, writing
 from .levers import SIGMA_FLOOR, aggregate_samples, answer_extractor, schedule_factor
 from .models import default_device
 from .rundir import prepare_run_dir
-from .runlog import BUDGET_CLOCKS, MetricsLog, RunTotals, open_trackers, peak_memory_mb
+from .runlog import (
+    BUDGET_CLOCKS,
+    MetricsLog,
+    RunTotals,
+    TrainerState,
+    TrainOutput,
+    open_trackers,
+    peak_memory_mb,
+    train_output,
+)
 
 
 def prompt_indices(num_examples: int, step: int, count: int, seed: int) -> list[int]:
@@ -63,17 +82,23 @@ class EggrollTrainer:
     `fn(prompts, completions, **columns) -> list[float | None]`, built-in names, or `package.module:function` paths,
     summed with args.reward_weights. train_dataset / eval_dataset: datasets.Dataset with a `prompt` column (text or
     chat messages); every other column reaches every reward function as a keyword list. processing_class: the
-    tokenizer (default: loaded from the model's name).
+    tokenizer (default: loaded from the model's name). data_source: the recipe `data:` section the datasets were
+    built from (`eggroll-llm train` passes it); None, the default, records the datasets' descriptions instead
+    (inputs.run_config). args.disable_tqdm also hides the model-loading and dataset bars of transformers/datasets.
     """
 
     def __init__(self, model, reward_funcs, train_dataset, eval_dataset=None, args: EggrollConfig | None = None,
-                 processing_class=None):
+                 processing_class=None, data_source: DataConfig | None = None):
         args = args or EggrollConfig()
         if args.method != "eggroll":
             raise ConfigError(f"args.method is {args.method!r}; EggrollTrainer runs method: eggroll (the GRPO "
                               "baseline is grpo.GRPOBaselineTrainer)")
+        if args.disable_tqdm:
+            hide_progress_bars()
         self.rewards = RewardSet(reward_funcs, args.reward_weights)
-        self.args = args = run_config(args, model, self.rewards)
+        self.args = args = run_config(args, model, self.rewards, train_dataset, eval_dataset, data_source)
+        self.accuracy = wants_accuracy(self.rewards, args.data)
+        self.state = TrainerState()
         self.processes = init_processes(args.distributed_timeout_s,
                                         cpu=default_device(args.model.device).startswith("cpu"))
         self.device = self.processes.device(args.model.device)
@@ -96,16 +121,19 @@ class EggrollTrainer:
         self.engine = get_engine(gen.engine, self.model, self.tokenizer, population=self.es.population, **options)
 
     def evaluate(self, step: int | None = None) -> dict:
-        """Greedy held-out metrics of the current adapter (eval_reward, and eval_accuracy when there is an answer
-        column); with `step`, the per-problem records go to the run's eval/step-NNNNNN.jsonl."""
+        """Greedy held-out metrics of the current adapter (eval_reward, and eval_accuracy when the run asks for it:
+        inputs.wants_accuracy); with `step`, the per-problem records go to the run's eval/step-NNNNNN.jsonl."""
         if self.eval_set is None:
             return {}
         path = None if step is None else Path(self.args.output_dir) / "eval" / f"step-{step:06d}.jsonl"
         return held_out_metrics(self.engine, self.eval_set, self.rewards, processes=self.processes,
-                                max_new_tokens=self.args.generation.max_new_tokens, records_path=path)
+                                max_new_tokens=self.args.generation.max_new_tokens, accuracy=self.accuracy,
+                                records_path=path)
 
-    def train(self, resume_from_checkpoint: bool = False) -> Path:
-        """Run (or with resume_from_checkpoint, continue) the run; returns the run directory.
+    def train(self, resume_from_checkpoint: bool = False) -> TrainOutput:
+        """Run (or with resume_from_checkpoint, continue) the run; returns a TrainOutput (the step reached, the last
+        record, the run directory, and whether max_steps or max_wall_s ended it). `self.state.log_history` then
+        holds every record of metrics.jsonl.
 
         A SIGINT or SIGTERM ends the current step, saves it and raises interrupt.Interrupted (see interrupt.py).
         """
@@ -119,7 +147,9 @@ class EggrollTrainer:
             log.close()
             if lock is not None:
                 lock.release()
-        return run_dir
+            records = log.read() if log.path.is_file() else []
+            self.state = TrainerState(log_history=records, global_step=records[-1]["step"] if records else 0)
+        return train_output(run_dir, self.state.log_history, self.args.max_steps)
 
     def _loop(self, run_dir: Path, log: MetricsLog, resume: bool, stop: StopSignals) -> None:
         args, es, processes = self.args, self.args.es, self.processes
@@ -234,10 +264,15 @@ class EggrollTrainer:
     def save(self, run_dir: Path, state: RunTotals) -> None:
         """A resumable checkpoint of `state`, and what the run trained (main process): the adapter as a PEFT folder in
         adapter/, or (in place) the merged model in model/."""
+        # the log's records up to this step reach the disk before the checkpoint that a resume continues after
+        with writing("the metrics log", run_dir / "metrics.jsonl"):
+            fsync_file(run_dir / "metrics.jsonl")
         save_checkpoint(run_dir, state.step, self.es.state_dict(), asdict(state))
         if self.es.in_place:
-            save_merged_model(self.model, self.tokenizer, run_dir / "model", self.args.model.name)
-        else:
+            with writing(f"the model of step {state.step}", run_dir / "model"):
+                save_merged_model(self.model, self.tokenizer, run_dir / "model", self.args.model.name)
+            return
+        with writing(f"the adapter of step {state.step}", run_dir / "adapter"):
             export_peft_adapter(self.es.layers, run_dir / "adapter", base_model_id(self.args.model.name),
                                 overwrite=True)
 

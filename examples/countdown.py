@@ -9,6 +9,7 @@ model, see recipes/countdown-qwen2.5-0.5b-eggroll.yaml (and its GRPO twin).
 
     python examples/countdown.py                       # 10 steps, runs/countdown-example
     python examples/countdown.py --steps 2 --output-dir /tmp/countdown
+    python examples/countdown.py --steps 20 --resume   # continue the run in runs/countdown-example to step 20
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--steps", type=int, default=10, help="ES updates (default 10)")
     parser.add_argument("--output-dir", default="runs/countdown-example", help="the run directory to write")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--resume", action="store_true", help="continue the run in --output-dir")
     args = parser.parse_args(argv)
 
     train = datasets.Dataset.from_list(make_split("train", 2000, seed=args.seed)).map(as_chat)
@@ -58,7 +60,10 @@ def main(argv: list[str] | None = None) -> None:
     )
     trainer = EggrollTrainer(model="tiny-arith", reward_funcs=["countdown", "countdown_format", closeness_reward],
                              train_dataset=train, eval_dataset=held_out, args=config)
-    run_dir = trainer.train()
+    try:
+        run_dir = trainer.train(resume_from_checkpoint=args.resume)
+    except FileExistsError as err:  # the folder holds a run: say so in one line (the fix: --resume)
+        raise SystemExit(f"countdown.py: error: {err}") from None
     print(f"run written to {run_dir}: metrics.jsonl (eval_reward, eval_reward/<function>), eval/, checkpoints/, "
           "adapter/")
 

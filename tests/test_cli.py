@@ -1,11 +1,14 @@
 """The `eggroll-llm` command: the shipped model's recorded accuracy, --json/--out, and one-line errors on bad input."""
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
-from eggroll_llm.cli import main
+from eggroll_llm.cli import build_parser, main
 
 ROOT = Path(__file__).resolve().parents[1]
 RECORDED = json.loads((ROOT / "evals" / "results" / "tiny-arith-base.json").read_text())
@@ -71,3 +74,32 @@ def test_every_command_has_help(capsys):
             main([command, "--help"])
         assert exit_info.value.code == 0
         assert "usage: eggroll-llm " + command in capsys.readouterr().out
+
+
+def test_a_subcommand_imports_only_its_own_module():
+    code = ("import sys; from eggroll_llm.cli import build_parser; build_parser('push'); "
+            "print(sorted(m for m in ('eggroll_llm.compare', 'eggroll_llm.bench', 'eggroll_llm.export', 'torch') "
+            "if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         env={**os.environ, "PYTHONPATH": str(ROOT)}).stdout
+    assert out.strip() == "[]"
+    listed = build_parser().format_help()  # the top-level help still lists every subcommand
+    assert all(name in listed for name in ("eval", "train", "compare", "bench", "export", "push"))
+
+
+def test_flags_take_dashes_everywhere_and_the_underscore_spellings_stay_aliases():
+    from eggroll_llm.cli import dashed_flags
+    from eggroll_llm.config import parse_overrides
+
+    for command, underscored, dashed in [("eval", ["--few_shot", "2", "--batch_size=4", "--max_new_tokens", "8"],
+                                          ["--few-shot", "2", "--batch-size=4", "--max-new-tokens", "8"]),
+                                         ("train", ["r.yaml", "--dry_run", "tiny", "--no_progress", "--list_keys"],
+                                          ["r.yaml", "--dry-run", "tiny", "--no-progress", "--list-keys"]),
+                                         ("push", ["d", "--repo_id", "a/b"], ["d", "--repo-id", "a/b"])]:
+        parser = build_parser(command)
+        assert dashed_flags([command, *underscored], parser) == [command, *dashed]
+        assert vars(parser.parse_args(dashed_flags([command, *underscored], parser))) == vars(
+            parser.parse_args([command, *dashed]))
+    # recipe overrides: the field names, in either spelling
+    assert parse_overrides(["--output-dir", "d", "--es.population-size", "4"]) == parse_overrides(
+        ["--output_dir", "d", "--es.population_size", "4"]) == {"output_dir": "d", "es": {"population_size": 4}}

@@ -443,11 +443,11 @@ def real_runs(tmp_path_factory):
     for seed in (0, 1):
         config = load_config(None, {**common, "method": "eggroll", "seed": seed, "es": es,
                                     "output_dir": str(root / f"eggroll-{seed}")})
-        runs.append(run_recipe(config))
+        runs.append(run_recipe(config).run_dir)
     for seed in (0, 1):
         config = load_config(None, {**common, "method": "grpo", "seed": seed, "grpo": grpo,
                                     "output_dir": str(root / f"grpo-{seed}")})
-        runs.append(run_recipe(config))
+        runs.append(run_recipe(config).run_dir)
     return runs
 
 
@@ -478,3 +478,14 @@ def test_real_runs_have_a_flops_axis(real_runs, tmp_path):
     summary = compare(real_runs, tmp_path / "report")
     assert "flops" in summary["axes"]
     assert all(r["totals"]["flops"] > 0 for r in summary["runs"].values())
+
+
+def test_seeds_differing_only_in_run_only_keys_form_one_group(tmp_path):
+    """--no-progress on one seed, report_to on another: still one recipe (config.RUN_ONLY_KEYS is the one list)."""
+    runs = [write_run(tmp_path / "a", seed=0, accuracies=[0.4, 0.5], config={"disable_tqdm": True}),
+            write_run(tmp_path / "b", seed=1, accuracies=[0.4, 0.6], config={"report_to": "tensorboard",
+                                                                           "model": {"name": "tiny", "device": "cpu"}}),
+            write_run(tmp_path / "c", seed=2, accuracies=[0.4, 0.7], config={"save_every": 3})]
+    summary = compare(runs, tmp_path / "out")
+    assert list(summary["groups"]) == ["eggroll"]
+    assert summary["groups"]["eggroll"]["seeds"] == [0, 1, 2]

@@ -22,7 +22,7 @@ def test_exponent_floats_without_a_dot(tmp_path):
     recipe.write_text("es:\n  lr: 3e-4\n")  # YAML 1.1 would read this as a string
     config = load_config(recipe, ["--grpo.learning_rate", "2e-5"])
     assert (config.es.lr, config.grpo.learning_rate) == (3e-4, 2e-5)
-    with pytest.raises(ConfigError, match="es.sigma must be float"):
+    with pytest.raises(ConfigError, match="es.sigma must be a float"):
         load_config(None, ["--es.sigma", "small"])
 
 
@@ -63,13 +63,15 @@ def test_override_beats_recipe(tmp_path):
     (["--es.rank", "0"], "es.rank must be >= 1"),
     (["--es.population_size", "31", "--es.members_per_prompt", "31"], "odd"),
     (["--es.members_per_prompt", "12"], "must divide"),
-    (["--seed", "abc"], "seed must be int"),
+    (["--seed", "abc"], "seed must be an int"),
     (["--es.adapter_rank", "half"], "adapter_rank"),
     (["--method", "ppo"], "method must be eggroll or grpo"),
     (["--generation.gpu_memory_utilization", "0"], "gpu_memory_utilization must be in"),
     (["--method", "grpo", "--generation.engine", "vllm"], "GRPO samples with TRL's GRPOTrainer"),
     (["--generation.engine", "vllm", "--model.dry_run_random_init", "true"], "cannot run a random-init model"),
     (["--es.sigma"], "needs a value"),
+    (["--es.target_modules", "'(unclosed'"], r"es.target_modules '\(unclosed' is not a valid regular expression"),
+    (["--rewards", "{a: 1}"], "rewards must be a list of str"),
     (["sigma"], "unexpected argument"),
 ])
 def test_bad_values_name_the_problem(args, needle):
@@ -99,3 +101,20 @@ def test_describe_covers_every_field_with_help():
     keys = {key for key, _, _ in rows}
     assert {"es.sigma", "grpo.num_generations", "data.task", "max_wall_s"} <= keys
     assert all(text for _, text, _ in rows), "every recipe key needs a help string"
+
+
+def test_python_api_values_are_checked_like_recipe_values():
+    with pytest.raises(ConfigError, match="max_steps must be an int, got '10'"):
+        EggrollConfig(max_steps="10")
+    with pytest.raises(ConfigError, match="data.eval_limit must be an int"):
+        EggrollConfig(data={"eval_limit": 2.5})
+    with pytest.raises(ConfigError, match="generation.top_p must be a float"):
+        EggrollConfig(generation=dict(top_p="high"))
+    with pytest.raises(ConfigError, match="model must be a ModelConfig or a dict of its keys"):
+        EggrollConfig(model="tiny-arith")
+    assert isinstance(EggrollConfig(max_wall_s=5).max_wall_s, float)  # an int where a float is due is a float
+
+
+def test_a_single_reward_name_is_a_list_of_one():
+    assert load_config(None, ["--rewards", "gsm8k"]).rewards == ["gsm8k"]
+    assert EggrollConfig(rewards="format").rewards == ["format"]

@@ -147,6 +147,9 @@ BAD_INPUTS = {
     "not utf-8": (lambda p: dict(data_path=text(p / "b.jsonl", LINE.encode() + b"\n\xff\xfe\n")),
                   "b.jsonl:2: not UTF-8"),
     "empty file": (lambda p: dict(data_path=text(p / "e.jsonl", "\n")), "e.jsonl holds no rows"),
+    "lone surrogate": (lambda p: dict(data_path=text(p / "u.jsonl", f'{LINE}\n{{"question": "q \\ud800", '
+                                                                     '"answer": "#### 1"}\n')),
+                       "u.jsonl:2: holds a lone surrogate escape"),
     "no answer column": (lambda p: dict(data_path=write_jsonl(p / "c.jsonl", [{"question": "q?", "gold": "1"}])),
                          "has no answer column \\(columns: question, gold\\)"),
     "row without question": (lambda p: dict(data_path=write_jsonl(p / "r.jsonl", [GOOD, GOOD, {"answer": "#### 3"}])),
@@ -271,3 +274,15 @@ def test_chat_prompts_render_through_the_chat_template():
     assert render_prompt(None, "plain text") == "plain text"
     with pytest.raises(DataError, match="no chat template"):
         render_prompt(tokenizer(None), messages)
+
+
+def test_every_task_a_recipe_may_name_has_a_builder_and_an_unknown_one_is_refused():
+    from eggroll_llm.config import ConfigError, EggrollConfig, validate
+    from eggroll_llm.data import TASK_BUILDERS
+
+    for task in TASK_BUILDERS:  # the config accepts exactly the tasks the data layer can build
+        validate(EggrollConfig(data={"task": task, "data_path": None if task else "x.jsonl"}))
+    with pytest.raises(ConfigError, match="data.task must be one of tiny-arith, gsm8k, countdown, None"):
+        validate(EggrollConfig(data={"task": "gsm9k"}))
+    with pytest.raises(DataError, match="did you mean 'gsm8k'"):
+        task_dataset("gsm9k", "train", None)

@@ -124,7 +124,7 @@ def test_two_processes_equal_one_process_and_resume(tmp_path):
     uninterrupted process, while exchanging far fewer bytes than a weight all-reduce would."""
     recipe = tmp_path / "recipe.yaml"
     recipe.write_text(yaml.safe_dump(RECIPE))
-    single = run_recipe(load_config(recipe, {"output_dir": str(tmp_path / "one"), "disable_tqdm": True}))
+    single = run_recipe(load_config(recipe, {"output_dir": str(tmp_path / "one"), "disable_tqdm": True})).run_dir
     two = tmp_path / "two"
     torchrun("train", recipe, "--output_dir", two, "--max_steps", 2, "--no-progress")
     assert [r["step"] for r in records(two)] == [0, 1, 2]

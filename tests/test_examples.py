@@ -20,3 +20,12 @@ def test_countdown_example_runs_two_steps(tmp_path):
     assert {"eval_reward/countdown_reward", "eval_reward/countdown_format_reward",
             "eval_reward/closeness_reward"} <= set(records[-1])
     assert (run / "adapter" / "adapter_config.json").is_file() and (run / "eval" / "step-000002.jsonl").is_file()
+    # run again on the same folder: one line that names the option the script has, then --resume continues
+    again = subprocess.run([sys.executable, str(ROOT / "examples" / "countdown.py"), "--steps", "3", "--output-dir",
+                            str(run)], capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert again.returncode != 0 and "Traceback" not in again.stderr, again.stderr[-3000:]
+    assert again.stderr.strip().splitlines()[-1].startswith("countdown.py: error:") and "--resume" in again.stderr
+    resumed = subprocess.run([sys.executable, str(ROOT / "examples" / "countdown.py"), "--steps", "3", "--output-dir",
+                              str(run), "--resume"], capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()] == [0, 1, 2, 3]

@@ -46,7 +46,7 @@ def run_config(out, **es):
 
 
 def run_of(tmp_path_factory, name, **es):
-    return run_recipe(run_config(tmp_path_factory.mktemp(name) / "run", **es))
+    return run_recipe(run_config(tmp_path_factory.mktemp(name) / "run", **es)).run_dir
 
 
 @pytest.fixture(scope="module")
@@ -379,9 +379,21 @@ def test_push_without_the_hub_or_with_a_broken_connection_is_one_line(exported, 
 def test_a_run_started_from_the_export_evaluates_as_the_exported_model(exported, lowrank_run, tmp_path):
     config = to_dict(load_config(lowrank_run / "config.yaml"))
     config["output_dir"], config["model"]["adapter"] = str(tmp_path / "continued"), exported["out"]
-    run = run_recipe(load_config(None, config))
+    run = run_recipe(load_config(None, config)).run_dir
     first = json.loads((run / "metrics.jsonl").read_text().splitlines()[0])
     records = map(json.loads, (lowrank_run / "metrics.jsonl").read_text().splitlines())
     last = [r for r in records if "eval_accuracy" in r][-1]
     assert (first["eval_accuracy"], first["eval_strict_accuracy"]) == (last["eval_accuracy"],
                                                                        last["eval_strict_accuracy"])
+
+
+def test_force_never_replaces_another_runs_adapter(lowrank_run, tmp_path):
+    other = tmp_path / "b"  # another run: its adapter/ holds the PEFT files, so only the run check can refuse it
+    other.mkdir()
+    for name in ("config.yaml", "metrics.jsonl"):
+        shutil.copy(lowrank_run / name, other / name)
+    shutil.copytree(lowrank_run / "adapter", other / "adapter")
+    before = (other / "adapter" / "adapter_model.safetensors").read_bytes()
+    with pytest.raises(ExportError, match=f"would overwrite run directory {other.resolve()}"):
+        export_run(lowrank_run, other / "adapter", force=True)
+    assert (other / "adapter" / "adapter_model.safetensors").read_bytes() == before

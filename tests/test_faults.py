@@ -21,8 +21,10 @@ import pytest
 import torch
 import yaml
 from filelock import FileLock
+from safetensors import SafetensorError
 from safetensors.torch import load_file
 
+from eggroll_llm import checkpoint, rundir
 from eggroll_llm.checkpoint import list_checkpoints
 from eggroll_llm.cli import main
 from eggroll_llm.runlog import TIMING_KEYS, MetricsLog
@@ -202,6 +204,12 @@ def test_two_real_runs_on_one_directory(recipe, tmp_path):
     (["--rewards", "[no_such_module:fn]"], "cannot import no_such_module"),
     (["--rewards", "['toy_rewards:no_such_reward']"], "has no attribute 'no_such_reward'"),
     (["--data.task", "null", "--data.data_path", "MISSING.jsonl"], "MISSING.jsonl does not exist"),
+    (["--es.target_modules", "'(unclosed'"], "is not a valid regular expression"),
+    (["--max_steps", "'10'"], "max_steps must be an int, got '10'"),
+    (["--resume"], "no such run directory; check the path"),
+    (["--model.name", "./nothere"], "model folder ./nothere does not exist"),
+    (["--data.task", "null", "--data.data_path", "sub/x.jsonl"], "data path sub/x.jsonl does not exist"),
+    (["--rewards", "[toy_rewards:NOT_CALLABLE]"], "is an int, not a function"),
 ])
 def test_bad_values_fail_in_one_line_before_anything_is_written(recipe, tmp_path, capsys, override, message):
     run = tmp_path / "run"
@@ -210,6 +218,80 @@ def test_bad_values_fail_in_one_line_before_anything_is_written(recipe, tmp_path
     assert code == 2 and len(error_lines(err)) == 1 and "Traceback" not in err, err
     assert message in err
     assert not run.exists()
+
+
+@pytest.mark.parametrize("content, message", [
+    ('{"question": "q \\ud800", "answer": "#### 1"}\n', "train.jsonl:1: holds a lone surrogate escape"),
+])
+def test_bad_data_files_fail_in_one_line_before_anything_is_written(recipe, tmp_path, capsys, content, message):
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "train.jsonl").write_text(content)
+    run = tmp_path / "run"
+    code = main(["train", str(recipe), "--output_dir", str(run), "--data.task", "gsm8k",
+                 "--data.data_path", str(tmp_path / "data")])
+    err = capsys.readouterr().err
+    assert code == 2 and len(error_lines(err)) == 1 and "Traceback" not in err, err
+    assert message in err and not run.exists()
+
+
+def test_a_full_disk_at_a_checkpoint_is_one_line_and_leaves_the_previous_checkpoint(recipe, tmp_path, capsys,
+                                                                                     monkeypatch):
+    saves = []
+
+    def save_file(tensors, path):  # the first checkpoint is written; the second finds the disk full (as safetensors
+        saves.append(path)         # reports it: its own error type, the OS error inside the message)
+        if len(saves) > 1:
+            raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+        return real_save(tensors, path)
+
+    real_save = checkpoint.save_file
+    monkeypatch.setattr(checkpoint, "save_file", save_file)
+    run = tmp_path / "run"
+    code = main(["train", str(recipe), "--output_dir", str(run), "--no-progress", "--max_steps", "2"])
+    err = capsys.readouterr().err
+    assert code == 2 and len(error_lines(err)) == 1 and "Traceback" not in err, err
+    assert "could not write the checkpoint of step 2" in err and "No space left on device" in err
+    assert "continue with --resume" in err
+    assert [p.name for p in list_checkpoints(run)] == ["step-000001"]
+    assert not list((run / "checkpoints").glob(".*.tmp"))  # no half-written checkpoint left
+
+
+def test_a_read_only_run_directory_is_refused_in_one_line_before_loading(recipe, tmp_path, capsys, monkeypatch):
+    real_access = os.access
+    read_only = tmp_path / "ro"
+    read_only.mkdir()
+    # a read-only mount needs root to make; os.access answers for it as it would there
+    monkeypatch.setattr(rundir.os, "access", lambda path, mode: (Path(path) != read_only and real_access(path, mode)))
+    monkeypatch.setattr(rundir, "_read_only", lambda folder: True)
+    code = main(["train", str(recipe), "--output_dir", str(read_only / "run"), "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 2 and len(error_lines(err)) == 1 and "Traceback" not in err and "%|" not in err, err
+    assert f"cannot write run directory {read_only / 'run'} (Read-only file system" in err
+    assert not (read_only / "run").exists()
+
+
+@pytest.mark.parametrize("reward, message", [
+    ("scalar_reward", "returned float 0.5, not a list"),
+    ("none_reward", "returned NoneType None, not a list"),
+])
+def test_a_reward_that_returns_no_list_fails_in_one_line_without_a_checkpoint(recipe, tmp_path, capsys, reward,
+                                                                              message):
+    run = tmp_path / "run"
+    code = main(["train", str(recipe), "--output_dir", str(run), "--no-progress",
+                 "--rewards", f"[toy_rewards:{reward}]"])
+    err = capsys.readouterr().err
+    assert code == 2 and len(error_lines(err)) == 1 and "Traceback" not in err, err
+    assert message in err and not list_checkpoints(run)
+
+
+def test_no_progress_shows_no_bar_at_all(recipe, tmp_path):
+    """--no-progress hides the libraries' bars too (transformers' "Loading weights", datasets' "Map")."""
+    done = subprocess.run([sys.executable, "-m", "eggroll_llm.cli", "train", str(recipe), "--output_dir",
+                           str(tmp_path / "run"), "--no-progress", "--max_steps", "1"], env=env(),
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "%|" not in done.stderr and "Loading weights" not in done.stderr, done.stderr[-2000:]
+    assert "finished 1 of 1 steps; run written to" in done.stdout
 
 
 def test_a_run_that_failed_before_its_first_checkpoint_may_be_rerun(recipe, tmp_path):

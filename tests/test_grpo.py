@@ -82,7 +82,7 @@ def make_config(model_name, data_dir, output_dir, grpo=None, **top):
 @pytest.fixture(scope="module")
 def lora_run(model_name, data_dir, tmp_path_factory):
     """A 2-step LoRA run, shared by the tests that read it (a run is the slow part)."""
-    return run_recipe(make_config(model_name, data_dir, tmp_path_factory.mktemp("grpo") / "run"))
+    return run_recipe(make_config(model_name, data_dir, tmp_path_factory.mktemp("grpo") / "run")).run_dir
 
 
 def test_two_steps_log_eggroll_keys_and_count_what_was_generated(lora_run):
@@ -114,7 +114,7 @@ def test_lora_run_writes_config_checkpoints_and_a_trained_adapter(lora_run):
 
 def test_same_seed_gives_the_same_run(lora_run, model_name, data_dir, tmp_path):
     """TRL seeds sampling and LoRA init from the run's seed; on CPU two runs must agree but for timings."""
-    again = run_recipe(make_config(model_name, data_dir, tmp_path / "again"))
+    again = run_recipe(make_config(model_name, data_dir, tmp_path / "again")).run_dir
 
     def strip(records):
         return [{k: v for k, v in r.items() if k not in TIMING_KEYS} for r in records if r["step"] <= 2]
@@ -154,7 +154,7 @@ def test_bad_batch_is_refused_before_any_work(bad, message, model_name, data_dir
 def test_max_wall_s_stops_full_finetuning_early_and_saves_the_model(model_name, data_dir, tmp_path):
     config = make_config(model_name, data_dir, tmp_path / "run", grpo={"lora_rank": 0}, max_steps=50, max_wall_s=1e-3,
                          eval_every=10, save_every=10)
-    run = run_recipe(config)
+    run = run_recipe(config).run_dir
     records = MetricsLog(run / "metrics.jsonl").read()
     assert [r["step"] for r in records] == [0, 1]  # the first step already passes 1 ms of training
     assert records[1]["wall_s"] >= 1e-3 and "eval_accuracy" in records[1]  # the last step is always evaluated
@@ -170,7 +170,7 @@ def test_compare_reports_a_real_grpo_run_beside_a_real_eggroll_run(lora_run, mod
     """The issue's CI check: two small real runs (EGGROLL and GRPO, same prompts) go through `compare`."""
     es = {"population_size": 4, "members_per_prompt": 2, "prompts_per_member": 2, "sigma": 0.05, "lr": 0.05}
     eggroll_config = make_config(model_name, data_dir, tmp_path / "eggroll", method="eggroll", rewards=["gsm8k"], es=es)
-    eggroll_run = run_recipe(eggroll_config)
+    eggroll_run = run_recipe(eggroll_config).run_dir
     out = tmp_path / "report"
     compare([eggroll_run, lora_run], out)
     report = (out / "report.md").read_text()
@@ -201,7 +201,7 @@ def test_the_python_api_takes_a_conversational_dataset_and_callables(model_name,
                          disable_tqdm=True, generation={"max_new_tokens": MAX_NEW_TOKENS},
                          grpo={"prompts_per_step": PROMPTS, "num_generations": GENERATIONS, "lora_rank": 4})
     run = GRPOBaselineTrainer(model=model_name, reward_funcs=[reward], train_dataset=dataset,
-                              eval_dataset=dataset.select(range(2)), args=args).train()
+                              eval_dataset=dataset.select(range(2)), args=args).train().run_dir
     # held-out evaluation at step 0 (2 prompts), TRL's step 1 (PROMPTS x GENERATIONS), held-out evaluation again
     assert [(answers, rows_seen) for _, _, answers, rows_seen in seen] == [(2, 2), (8, 8), (2, 2)]
     for prompt, completion, _, _ in seen:

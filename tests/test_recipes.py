@@ -1,14 +1,15 @@
-"""Shipped recipes: every YAML under recipes/ validates, the GSM8K pairs share their budget, and each GSM8K recipe
-runs one step end to end as `train --dry_run tiny` (random init of its architecture, offline, on a CPU).
+"""Shipped recipes: every YAML under recipes/ resolves, the GPU pairs share their budget, and each GPU recipe runs
+one step end to end as `train --dry_run tiny` (random init of its architecture, offline, on a CPU; the integration
+tier runs all eight, the default tier one).
 
-The dry runs read local GSM8K-format files: the first rows of GSM8K when ../shared/data/gsm8k (or
-$EGGROLL_GSM8K_DIR) holds them, else generated tiny-arith rows, which have the same `question` / `answer ... #### N`
-columns. Nothing downloads: the recipes' Hub models are recorded in models.ARCHS.
+The dry runs need no data flag: gsm8k recipes read the GSM8K-format sample shipped in eggroll_llm/assets/ and
+countdown problems are generated. Nothing downloads: the recipes' Hub models are recorded in models.ARCHS.
 """
 
 import json
-import os
+import socket
 import tempfile
+import warnings
 from pathlib import Path
 
 import pytest
@@ -17,60 +18,68 @@ import yaml
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
-from eggroll_llm import tiny_arith
-from eggroll_llm.cli import build_parser, main
-from eggroll_llm.config import ConfigError, dry_run_overrides, load_config
+from eggroll_llm.cli import build_parser, dashed_flags, main
+from eggroll_llm.config import GSM8K_SAMPLE, ConfigError, dry_run_overrides, load_config
 from eggroll_llm.grpo import check_grpo
-from eggroll_llm.models import ARCHS, HUB_ARCHS, SHRUNK, arch_config, random_init_model
+from eggroll_llm.inputs import RewardSet
+from eggroll_llm.models import ARCHS, EMBEDDED_MODELS, HUB_ARCHS, SHRUNK, arch_config, random_init_model
 from eggroll_llm.runlog import MetricsLog
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPES = sorted((ROOT / "recipes").rglob("*.yaml"))
 GSM8K_RECIPES = [r for r in RECIPES if r.name.startswith("gsm8k-")]
 GPU_RECIPES = GSM8K_RECIPES + [r for r in RECIPES if r.name.startswith("countdown-")]  # EGGROLL / GRPO pairs
-GSM8K_DIR = Path(os.environ.get("EGGROLL_GSM8K_DIR", ROOT.parent / "shared" / "data" / "gsm8k"))
 # Published parameter counts (the models' cards on the Hub): total and, for Qwen2.5, without the embedding.
 PUBLISHED = {"qwen2-0.5b": (0.49e9, 0.36e9), "qwen2-1.5b": (1.54e9, 1.31e9), "llama3-1b": (1.23e9, None)}
-# One step at CPU size: the recipes' settings otherwise (dtype, splits, adapter rank, lr ...). A random 2-layer model
-# needs a large sigma before its members' greedy completions differ at all.
-SHRINK = {"eggroll": ["--es.population_size", "4", "--es.members_per_prompt", "2", "--es.prompts_per_member", "2",
-                      "--es.sigma", "0.5"],
-          "grpo": ["--grpo.prompts_per_step", "2", "--grpo.num_generations", "2"]}
+# `--dry_run tiny` shrinks the model, population and completions itself; a random 2-layer model needs a large sigma
+# before its members' greedy completions differ at all.
+SHRINK = {"eggroll": ["--es.sigma", "0.5"], "grpo": []}
 
 
-@pytest.fixture(scope="module")
-def gsm8k_dir(tmp_path_factory) -> Path:
-    folder = tmp_path_factory.mktemp("gsm8k")
-    for split, n in (("train", 16), ("test", 4)):
-        source = GSM8K_DIR / f"{split}.jsonl"
-        if source.is_file():
-            lines = source.read_text().splitlines()[:n]
-        else:
-            lines = [json.dumps(row) for row in tiny_arith.make_split("train" if split == "train" else "test", n, 0)]
-        (folder / f"{split}.jsonl").write_text("\n".join(lines) + "\n")
-    return folder
-
-
-def dry_run(capsys, recipe: Path, data: Path, *extra: str) -> tuple[int, str, str]:
+def dry_run(capsys, recipe: Path, *extra: str) -> tuple[int, str, str]:
+    """`train RECIPE --dry_run tiny`, with no data flag: gsm8k recipes read the shipped sample, countdown generates."""
     values = yaml.safe_load(recipe.read_text())
     task = values["data"]["task"]
     # length: separates members of a random model (the task's reward scores them all 0), so the step really updates
     rewards = ["--rewards", f"[{task.split('-')[0]}, 'toy_rewards:length_reward']", "--reward_weights", "[1, 1]"]
-    local = ["--data.data_path", str(data)] if task == "gsm8k" else []  # countdown problems are generated
-    code = main(["train", str(recipe), "--dry_run", "tiny", *local, *rewards, "--generation.max_new_tokens", "8",
-                 "--no-progress", *SHRINK[values["method"]], *extra])
+    code = main(["train", str(recipe), "--dry_run", "tiny", *rewards, "--no-progress", *SHRINK[values["method"]],
+                 *extra])
     out, err = capsys.readouterr()
     return code, out, err
 
 
-def test_recipes_found():
-    assert len(RECIPES) >= 10 and len(GSM8K_RECIPES) == 6 and len(GPU_RECIPES) == 9
+@pytest.fixture
+def offline_hub(monkeypatch):
+    """A Hub that refuses connections: a dry run must not need it."""
+    from eggroll_llm import hub
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{port}")
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    hub._reachable.cache_clear()
+    yield
+    hub._reachable.cache_clear()
+
+
+@pytest.mark.parametrize("recipe", GPU_RECIPES, ids=lambda p: p.name)
+def test_every_gpu_recipe_has_a_twin_and_says_how_to_check_it(recipe):
+    """EGGROLL and GRPO recipes come in pairs (compare needs both), and each header shows its own dry-run command."""
+    method = "grpo" if recipe.stem.endswith("-grpo") else "eggroll"
+    twin = recipe.with_name(recipe.name.replace(f"-{method}.yaml", "-grpo.yaml" if method == "eggroll" else
+                                                "-eggroll.yaml"))
+    assert twin.is_file(), f"{recipe.name} has no {twin.name}"
+    assert f"eggroll-llm train recipes/{recipe.name} --dry_run tiny" in recipe.read_text()
 
 
 @pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: p.name)
-def test_every_recipe_validates(recipe):
+def test_every_recipe_resolves_what_load_config_does_not_check(recipe):
+    """Beyond validation: the reward functions import, the model is one a dry run can build without weights, and a
+    GRPO recipe passes the baseline's own checks."""
     config = load_config(recipe)
-    assert config.method in ("eggroll", "grpo")
+    assert RewardSet(config.rewards, config.reward_weights).funcs
+    assert config.model.name in HUB_ARCHS or config.model.name in EMBEDDED_MODELS
     if config.method == "grpo":
         check_grpo(config)  # what the GRPO baseline refuses before loading anything
 
@@ -120,10 +129,11 @@ def test_shrunk_model_keeps_the_architecture(name):
     assert model.config.num_attention_heads > model.config.num_key_value_heads  # grouped KV heads, as the real ones
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("recipe", GPU_RECIPES, ids=lambda p: p.name)
-def test_gpu_recipe_dry_run_one_step(recipe, gsm8k_dir, tmp_path, capsys):
+def test_gpu_recipe_dry_run_one_step(recipe, offline_hub, tmp_path, capsys):
     run = tmp_path / "run"
-    code, out, err = dry_run(capsys, recipe, gsm8k_dir, "--output_dir", str(run))
+    code, out, err = dry_run(capsys, recipe, "--output_dir", str(run))
     assert code == 0, err
     assert str(run) in out
     records = MetricsLog(run / "metrics.jsonl").read()
@@ -144,25 +154,33 @@ def test_gpu_recipe_dry_run_one_step(recipe, gsm8k_dir, tmp_path, capsys):
         assert lora_b and any(t.abs().sum() > 0 for t in lora_b)  # LoRA B starts at zero: the step moved it
 
 
-def test_dry_run_writes_to_a_fresh_temporary_folder(gsm8k_dir, tmp_path, capsys, monkeypatch):
+def test_dry_run_needs_no_data_flag_offline_and_writes_to_a_fresh_temporary_folder(offline_hub, tmp_path, capsys,
+                                                                                     monkeypatch):
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # mkdtemp creates its folder here
     recipe = ROOT / "recipes" / "gsm8k-qwen2.5-0.5b-eggroll.yaml"
-    code, out, err = dry_run(capsys, recipe, gsm8k_dir)
+    code, out, err = dry_run(capsys, recipe)
     assert code == 0, err
     (run,) = tmp_path.glob("eggroll-dry-run-*")
     assert str(run) in out and (run / "metrics.jsonl").is_file()
     assert not Path(yaml.safe_load(recipe.read_text())["output_dir"]).exists()  # the recipe's runs/ is untouched
+    saved = yaml.safe_load((run / "config.yaml").read_text())
+    assert saved["data"]["data_path"] == str(GSM8K_SAMPLE)  # the shipped sample, not the Hub
+    assert (saved["es"]["population_size"], saved["generation"]["max_new_tokens"]) == (4, 8)  # a step of seconds
 
 
 def test_dry_run_modes_and_overrides():
     parser = build_parser()
-    assert parser.parse_known_args(["train", "r.yaml", "--dry_run"])[0].dry_run == "full"
+    assert parser.parse_known_args(dashed_flags(["train", "r.yaml", "--dry_run"], parser))[0].dry_run == "full"
     assert parser.parse_known_args(["train", "r.yaml", "--dry-run", "tiny"])[0].dry_run == "tiny"
     full = dry_run_overrides("full", {"output_dir": "x", "data": {"eval_limit": 5}})
     assert full["model"] == {"dry_run_random_init": True, "dry_run_shrink": False}
     assert (full["output_dir"], full["data"]["eval_limit"], full["max_steps"]) == ("x", 5, 1)  # the user's win
+    assert "es" not in full and "generation" not in full  # a full dry run keeps the recipe's sizes
+    tiny = dry_run_overrides("tiny", {"output_dir": "x", "generation": {"max_new_tokens": 16}})
+    assert tiny["es"]["population_size"] == 4 and tiny["grpo"]["num_generations"] == 2
+    assert tiny["generation"]["max_new_tokens"] == 16  # the user's override still wins
     with pytest.raises(SystemExit):
-        parser.parse_known_args(["train", "r.yaml", "--dry_run", "huge"])
+        parser.parse_known_args(dashed_flags(["train", "r.yaml", "--dry_run", "huge"], parser))
 
 
 @pytest.mark.parametrize("argv, needle", [
@@ -181,3 +199,22 @@ def test_bad_grpo_recipe_is_refused_before_any_work(argv, needle, tmp_path, caps
 def test_dry_run_shrink_needs_random_init():
     with pytest.raises(ConfigError, match="dry_run_random_init"):
         load_config(None, {"model": {"dry_run_shrink": True}})
+
+
+def test_a_single_data_file_warns_that_it_is_also_the_held_out_set(tmp_path):
+    from eggroll_llm.recipe import recipe_datasets
+
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text("".join(json.dumps({"text": f"q{i}"}) + "\n" for i in range(4)))
+    config = load_config(None, {"data": {"task": None, "data_path": str(rows), "prompt_column": "text"}})
+    with pytest.warns(UserWarning, match="is a single file, so it is both the training set and the held-out set"):
+        train, held_out = recipe_datasets(config, None)
+    assert train["prompt"] == held_out["prompt"]  # what the warning is about
+    folder = tmp_path / "split"
+    folder.mkdir()
+    for split in ("train", "validation"):
+        (folder / f"{split}.jsonl").write_text(rows.read_text())
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        recipe_datasets(load_config(None, {"data": {"task": None, "data_path": str(folder), "prompt_column": "text"}}),
+                        None)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from decimal import Decimal
 from pathlib import Path
 
@@ -11,6 +12,7 @@ import pytest
 
 from eggroll_llm.rewards import (
     REWARD_FUNCTIONS,
+    RewardError,
     completion_text,
     extract_answer,
     format_reward,
@@ -18,6 +20,7 @@ from eggroll_llm.rewards import (
     gold_answer,
     gsm8k_reward,
     numbers_equal,
+    resolve_reward,
     strict_gsm8k_reward,
 )
 
@@ -181,3 +184,16 @@ def test_registry():
         get_reward_function("gsm8")
     with pytest.raises(ValueError, match="valid names: gsm8k, gsm8k_strict, format"):
         get_reward_function("accuracy")
+
+
+def test_an_import_path_finds_a_module_in_the_working_directory_without_touching_sys_path(tmp_path, monkeypatch):
+    (tmp_path / "my_cwd_rewards.py").write_text("def score(prompts, completions, **kw):\n"
+                                                "    return [1.0] * len(completions)\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", str(tmp_path))])
+    before = list(sys.path)
+    fn = resolve_reward("my_cwd_rewards:score")
+    assert fn(["p"], ["c", "d"]) == [1.0, 1.0]
+    assert sys.path == before
+    with pytest.raises(RewardError, match="cannot import no_such_cwd_module"):
+        resolve_reward("no_such_cwd_module:score")

@@ -9,7 +9,8 @@ import yaml
 from safetensors.torch import load_file
 
 from eggroll_llm.checkpoint import list_checkpoints
-from eggroll_llm.config import load_config
+from eggroll_llm.cli import main
+from eggroll_llm.config import load_config, to_dict
 from eggroll_llm.es import population_layout
 from eggroll_llm.fitness import FitnessError
 from eggroll_llm.recipe import run_recipe
@@ -18,7 +19,7 @@ from eggroll_llm.trainer import prompt_indices
 
 
 def train(config, resume=False):
-    return run_recipe(config, resume=resume)
+    return run_recipe(config, resume=resume).run_dir
 
 
 def small_config(out, **overrides):
@@ -118,10 +119,16 @@ def test_target_pattern_matching_nothing(tmp_path):
         train(small_config(tmp_path / "t", **{"es.target_modules": ["nonexistent_proj"]}))
 
 
-def test_max_wall_s_stops_early(tmp_path):
-    run = train(small_config(tmp_path / "w", max_steps=50, max_wall_s=1e-6))
-    records = untimed(run / "metrics.jsonl")
+def test_max_wall_s_stops_early_and_says_so_even_on_a_spent_resume(tmp_path, capsys):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(yaml.safe_dump(to_dict(small_config(tmp_path / "w", max_steps=50, max_wall_s=1e-6))))
+    assert main(["train", str(recipe), "--no-progress"]) == 0
+    note = "stopped at step 1 of 50: the max_wall_s budget of 1e-06 s of training was spent"
+    assert note in capsys.readouterr().out
+    records = untimed(tmp_path / "w" / "metrics.jsonl")
     assert records[-1]["step"] == 1 and "eval_accuracy" in records[-1]
+    assert main(["train", str(recipe), "--no-progress", "--resume"]) == 0  # nothing left to spend: ends at once
+    assert note in capsys.readouterr().out and untimed(tmp_path / "w" / "metrics.jsonl") == records
 
 
 def test_es_raises_a_toy_reward(tmp_path):

@@ -4,6 +4,7 @@ Rewards get every dataset column, models and datasets can be objects, prompts ca
 route gives the metrics of the CLI route for the same config and seed.
 """
 
+import dataclasses
 import json
 
 import datasets
@@ -14,6 +15,7 @@ import yaml
 from eggroll_llm import EggrollConfig, EggrollTrainer
 from eggroll_llm.checkpoint import list_checkpoints
 from eggroll_llm.cli import main
+from eggroll_llm.config import ConfigError
 from eggroll_llm.data import INSTRUCTION, DataError, load_task, task_dataset
 from eggroll_llm.models import load_model, load_tokenizer
 from eggroll_llm.rewards import RewardError, gsm8k_reward
@@ -58,14 +60,15 @@ def test_a_custom_reward_gets_every_extra_column_aligned_with_its_prompt(tmp_pat
     dataset = datasets.Dataset.from_list(rows)
     run = EggrollTrainer(model="tiny-arith", reward_funcs=[checking_reward], train_dataset=dataset,
                          eval_dataset=dataset.select(range(3)), args=args(tmp_path / "run"),
-                         processing_class=tokenizer).train()
+                         processing_class=tokenizer).train().run_dir
     assert calls == [3, 8, 8, 3]  # eval at step 0, two steps of 4 members x 2 prompts, eval at the end
     records = untimed(run)
     assert [r["step"] for r in records] == [0, 1, 2]
-    assert "eval_reward" in records[-1] and "eval_accuracy" in records[-1]  # the answer column gives accuracy too
+    # an answer column alone does not turn on GSM8K accuracy: no accuracy reward asked for it
+    assert "eval_reward" in records[-1] and "eval_accuracy" not in records[-1]
     saved = yaml.safe_load((run / "config.yaml").read_text())
     assert saved["rewards"] == ["test_trainer_api:test_a_custom_reward_gets_every_extra_column_aligned_with_its_prompt"
-                                ".<locals>.checking_reward"]
+                                ".<locals>.checking_reward (not importable)"]
     lines = (run / "eval" / "step-000002.jsonl").read_text().splitlines()
     assert [json.loads(line)["index"] for line in lines] == [0, 1, 2]
 
@@ -85,7 +88,7 @@ def test_a_model_object_and_a_conversational_dataset_train(tmp_path, tokenizer):
     trainer = EggrollTrainer(model=model, reward_funcs=[reward, "gsm8k"], train_dataset=dataset,
                              args=args(tmp_path / "chat"), processing_class=tokenizer)
     assert trainer.args.model.name.endswith("tiny-arith")  # the object's name_or_path is what an export names
-    run = trainer.train()
+    run = trainer.train().run_dir
     prompt, completion = seen[0]
     assert isinstance(prompt, list) and completion[0]["role"] == "assistant"
     state = list_checkpoints(run)[-1] / "state.safetensors"
@@ -108,17 +111,20 @@ def test_python_and_cli_routes_give_identical_metrics(tmp_path, tokenizer):
 
     train = task_dataset("tiny-arith", "train", tokenizer, rows_seed=3)
     held_out = task_dataset("tiny-arith", "validation", tokenizer, limit=4)
+    python_args = {k: v for k, v in recipe.items() if k != "data"}  # the datasets come as objects: no data.*
+    config = EggrollConfig(**{**python_args, "output_dir": str(tmp_path / "py")}, disable_tqdm=True)
     run = EggrollTrainer(model="tiny-arith", reward_funcs=[gsm8k_reward, length_reward], train_dataset=train,
-                         eval_dataset=held_out, args=EggrollConfig(**{**recipe, "output_dir": str(tmp_path / "py")},
-                                                                   disable_tqdm=True)).train()
+                         eval_dataset=held_out, args=config).train().run_dir
     assert untimed(run) == untimed(tmp_path / "cli")
+    saved = yaml.safe_load((run / "config.yaml").read_text())
+    assert saved["rewards"] == ["eggroll_llm.rewards:gsm8k_reward", "toy_rewards:length_reward"]  # both importable
 
 
 def test_reward_weights_scale_the_reward_but_not_the_update(tmp_path, tokenizer):
     """Group-centred fitness divides by the scores' spread, so doubling every weight doubles reward_mean only."""
     train = task_dataset("tiny-arith", "train", tokenizer, limit=64)
     runs = [EggrollTrainer(model="tiny-arith", reward_funcs=["toy_rewards:length_reward"], train_dataset=train,
-                           args=args(tmp_path / f"w{w}", reward_weights=[w])).train() for w in (1.0, 2.0)]
+                           args=args(tmp_path / f"w{w}", reward_weights=[w])).train().run_dir for w in (1.0, 2.0)]
     one, two = untimed(runs[0]), untimed(runs[1])
     for a, b in zip(one[1:], two[1:]):
         assert b["reward_mean"] == pytest.approx(2 * a["reward_mean"])
@@ -133,7 +139,8 @@ def test_a_task_without_answers_reports_eval_reward_only(tmp_path, tokenizer):
 
     dataset = datasets.Dataset.from_list(rows)
     run = EggrollTrainer(model="tiny-arith", reward_funcs=count_reward, train_dataset=dataset,
-                         eval_dataset=dataset.select(range(5)), args=args(tmp_path / "count", max_steps=1)).train()
+                         eval_dataset=dataset.select(range(5)),
+                         args=args(tmp_path / "count", max_steps=1)).train().run_dir
     last = untimed(run)[-1]
     assert "eval_reward" in last and "eval_accuracy" not in last and last["eval_n"] == 5
 
@@ -166,7 +173,7 @@ def test_report_to_tensorboard_writes_event_files(tmp_path, tokenizer):
     pytest.importorskip("tensorboard")
     train = task_dataset("tiny-arith", "train", tokenizer, limit=16)
     run = EggrollTrainer(model="tiny-arith", reward_funcs="toy_rewards:length_reward", train_dataset=train,
-                         args=args(tmp_path / "tb", max_steps=1, report_to="tensorboard")).train()
+                         args=args(tmp_path / "tb", max_steps=1, report_to="tensorboard")).train().run_dir
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     events = EventAccumulator(str(run / "tensorboard"))
@@ -174,3 +181,72 @@ def test_report_to_tensorboard_writes_event_files(tmp_path, tokenizer):
     assert "reward_mean" in events.Tags()["scalars"]
     assert [e.step for e in events.Scalars("reward_mean")] == [1]
     assert torch.isfinite(torch.tensor(events.Scalars("reward_mean")[0].value))
+
+
+# --- what an API run records, returns and refuses ------------------------------------------------------------------
+
+def my_reward(prompts, completions, **kwargs):
+    return [len(c) / 100 for c in completions]
+
+
+@pytest.fixture(scope="module")
+def api_run(tmp_path_factory):
+    """A run from Python objects: a dataset with an answer column, a reward defined in a test module."""
+    rows = [{"prompt": f"{INSTRUCTION}\n{r['question']}", "answer": r["answer"]} for r in qa_rows(16)]
+    dataset = datasets.Dataset.from_list(rows)
+    trainer = EggrollTrainer(model="tiny-arith", reward_funcs=[my_reward, lambda prompts, completions, **kw: [0.0] *
+                                                               len(completions)], train_dataset=dataset,
+                             eval_dataset=dataset.select(range(6)),
+                             args=args(tmp_path_factory.mktemp("api") / "run"))
+    return trainer, trainer.train(), dataset
+
+
+def test_an_api_run_records_the_objects_it_trained_on(api_run):
+    trainer, output, dataset = api_run
+    saved = yaml.safe_load((output.run_dir / "config.yaml").read_text())
+    assert saved["data"]["task"] is None and saved["data"]["data_path"] is None
+    assert saved["data"]["train_dataset"] == {"fingerprint": dataset._fingerprint, "num_rows": 16,
+                                              "columns": ["prompt", "answer"]}
+    assert saved["data"]["eval_dataset"]["num_rows"] == 6
+    assert saved["rewards"] == ["test_trainer_api:my_reward", "test_trainer_api:api_run.<locals>.<lambda> "
+                                                               "(not importable)"]
+
+
+def test_train_returns_a_train_output_and_keeps_the_log_history(api_run):
+    trainer, output, _ = api_run
+    records = [json.loads(line) for line in (output.run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert trainer.state.log_history == records and [r["step"] for r in records] == [0, 1, 2]
+    assert (output.global_step, output.stopped_by, output.training_loss) == (2, "max_steps", None)
+    assert output.metrics == records[-1] and trainer.state.global_step == 2
+    assert "eval_accuracy" not in records[-1]  # the answer column is there, but no accuracy reward asked
+
+
+def test_an_api_run_resumes_from_python_but_not_from_a_recipe(api_run, tmp_path, capsys):
+    trainer, output, dataset = api_run
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(yaml.safe_dump({"rewards": ["toy_rewards:length_reward"]}))
+    code = main(["train", str(recipe), "--output_dir", str(output.run_dir), "--resume", "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "Traceback" not in err, err
+    assert "trained on a dataset given as a Python object (16 rows" in err and "resume_from_checkpoint=True" in err
+    again = EggrollTrainer(model="tiny-arith", reward_funcs=trainer.rewards.funcs, train_dataset=dataset,
+                           eval_dataset=dataset.select(range(6)), args=dataclasses.replace(trainer.args, max_steps=3))
+    assert again.train(resume_from_checkpoint=True).global_step == 3
+    assert [r["step"] for r in again.state.log_history] == [0, 1, 2, 3]
+
+
+def test_recipe_only_data_settings_are_refused_with_objects(tmp_path):
+    dataset = datasets.Dataset.from_list([{"prompt": "q"}])
+    with pytest.raises(ConfigError, match="data.eval_limit is 8, but the datasets came as objects"):
+        EggrollTrainer(model="tiny-arith", reward_funcs=my_reward, train_dataset=dataset,
+                       args=args(tmp_path / "r", data={"eval_limit": 8}))
+    assert not (tmp_path / "r").exists()
+
+
+def test_a_reward_that_returns_only_none_warns(tmp_path):
+    dataset = datasets.Dataset.from_list([{"prompt": f"q{i}"} for i in range(4)])
+    trainer = EggrollTrainer(model="tiny-arith", reward_funcs="toy_rewards:all_none_reward", train_dataset=dataset,
+                             args=args(tmp_path / "none", max_steps=1))
+    with pytest.warns(UserWarning, match="'all_none_reward' returned None for every completion"):
+        output = trainer.train()
+    assert output.metrics["update_norm"] == 0.0

@@ -5,6 +5,8 @@ import os
 import re
 import time
 
+NOT_CALLABLE = 3  # named by a recipe as a reward: refused
+
 
 def length_reward(prompts, completions, **kw):
     """Longer is better: separates members even when none answers right, so every short run really updates."""
@@ -21,6 +23,18 @@ def parity_reward(prompts, completions, completion_ids=None, **kwargs):
     """Share of even token ids (TRL hands rewards completion_ids): differs between completions of any length, so
     even a random model gets gradients."""
     return [sum(t % 2 == 0 for t in ids) / len(ids) for ids in completion_ids]
+
+
+def scalar_reward(prompts, completions, **kw):
+    return 0.5
+
+
+def none_reward(prompts, completions, **kw):
+    return None
+
+
+def all_none_reward(prompts, completions, **kw):
+    return [None] * len(completions)
 
 
 def nan_reward(prompts, completions, **kw):
