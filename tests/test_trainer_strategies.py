@@ -14,6 +14,8 @@ from eggroll_llm.export import export_run
 from eggroll_llm.recipe import run_recipe
 from eggroll_llm.runlog import TIMING_KEYS
 
+pytestmark = pytest.mark.integration  # end-to-end trainings: the integration tier (.ci/run runs it)
+
 FULLRANK = {"strategy": "openai_es", "adapter_rank": None, "population_size": 4, "antithetic": False,
             "members_per_prompt": 4, "prompts_per_member": 3, "sigma": 0.02, "lr": 0.01, "fitness": "z_score"}
 
