@@ -3,7 +3,8 @@
 Real `eggroll-llm train` processes are killed (-9), interrupted (SIGINT, SIGTERM), raced on one directory and fed
 bad values; each case checks that nothing is lost, that the error is one line with a non-zero exit, and that a
 resumed run ends with the metrics (timings aside) and adapter of an uninterrupted one. Cases that need real
-processes or several runs are the `integration` tier; the 20-kill run is `slow`; one-line errors stay in the default run.
+processes or several runs are the `integration` tier; the 20-kill run is `slow`; one-line errors stay in the default
+run.
 """
 
 import json
