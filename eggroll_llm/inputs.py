@@ -158,7 +158,8 @@ def run_config(args: EggrollConfig, model, rewards: RewardSet, train_dataset, ev
     if data_source is None:
         check_prompts(train_dataset, "train_dataset")  # what is described below must be a dataset
         # the defaults, or what a config of an earlier run of objects holds (resuming one passes it back)
-        default = DataConfig(task=None) if data.train_dataset is not None else DataConfig()
+        default = (DataConfig(task=None, train_dataset=data.train_dataset) if data.train_dataset is not None
+                   else DataConfig())
         changed = [key for key in RECIPE_DATA_KEYS if getattr(data, key) != getattr(default, key)]
         if changed:
             raise ConfigError(f"data.{changed[0]} is {getattr(data, changed[0])!r}, but the datasets came as objects "
