@@ -147,9 +147,8 @@ def test_bad_batch_is_refused_before_any_work(bad, message, model_name, data_dir
     for module, name in ((inputs_module, "load_base"), (grpo_module, "prepare_run_dir"),
                          (recipe_module, "task_dataset"), (recipe_module, "base_tokenizer")):
         monkeypatch.setattr(module, name, no_loading)
-    config = make_config(model_name, data_dir, tmp_path / "run", grpo={"lora_rank": 4, **bad})
-    with pytest.raises(ConfigError, match=message):
-        run_recipe(config)
+    with pytest.raises(ConfigError, match=message):  # the grpo section refuses it where it is built
+        run_recipe(make_config(model_name, data_dir, tmp_path / "run", grpo={"lora_rank": 4, **bad}))
     assert not (tmp_path / "run").exists()
 
 
