@@ -166,6 +166,10 @@ def run_config(args: EggrollConfig, model, rewards: RewardSet, train_dataset, ev
                               "(train_dataset, eval_dataset), which data.* does not build; shape the datasets "
                               f"themselves (e.g. eval_dataset.select(range(n)) for eval_limit) and leave data."
                               f"{changed[0]} at its default")
+        if args.rewards not in (EggrollConfig().rewards, rewards.names):
+            raise ConfigError(f"args.rewards is {args.rewards!r}, but the Python API scores with reward_funcs "
+                              f"({', '.join(rewards.names)}); pass the rewards as reward_funcs and leave args.rewards "
+                              "at its default")
         data = dataclasses.replace(data, task=None, data_path=None, train_dataset=describe_dataset(train_dataset),
                                    eval_dataset=describe_dataset(eval_dataset))
     args = dataclasses.replace(args, rewards=rewards.names, model=dataclasses.replace(args.model, name=name),

@@ -90,5 +90,8 @@ def test_an_api_run_config_describes_its_datasets_and_refuses_recipe_data_keys()
     assert run_config(args, "tiny-arith", rewards, train, None, data_source=None) == args  # a resume passes it back
     with pytest.raises(ConfigError, match="data.few_shot is 2, but the datasets came as objects"):
         run_config(EggrollConfig(data={"few_shot": 2}), "tiny-arith", rewards, train, None, data_source=None)
+    with pytest.raises(ConfigError, match=r"args.rewards is \['format'\], but the Python API scores with "
+                                          "reward_funcs \\(test_inputs:longer\\)"):
+        run_config(EggrollConfig(rewards=["format"]), "tiny-arith", rewards, train, None, data_source=None)
     recipe = EggrollConfig(data={"task": "gsm8k", "eval_limit": 8})
     assert run_config(recipe, "tiny-arith", rewards, train, None, data_source=recipe.data).data == recipe.data

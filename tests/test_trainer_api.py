@@ -113,7 +113,8 @@ def test_python_and_cli_routes_give_identical_metrics(tmp_path, tokenizer):
 
     train = task_dataset("tiny-arith", "train", tokenizer, rows_seed=3)
     held_out = task_dataset("tiny-arith", "validation", tokenizer, limit=4)
-    python_args = {k: v for k, v in recipe.items() if k != "data"}  # the datasets come as objects: no data.*
+    # the datasets and rewards come as objects: no data.* and no rewards in args
+    python_args = {k: v for k, v in recipe.items() if k not in ("data", "rewards")}
     config = EggrollConfig(**{**python_args, "output_dir": str(tmp_path / "py")}, disable_tqdm=True)
     run = EggrollTrainer(model="tiny-arith", reward_funcs=[gsm8k_reward, length_reward], train_dataset=train,
                          eval_dataset=held_out, args=config).train().run_dir
