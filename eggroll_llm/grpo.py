@@ -49,7 +49,16 @@ from .interrupt import Interrupted, StopSignals
 from .io import atomic_directory, fsync_file
 from .models import default_device
 from .rundir import prepare_run_dir
-from .runlog import MetricsLog, RunTotals, TrainerState, TrainOutput, open_trackers, peak_memory_mb, train_output
+from .runlog import (
+    MetricsLog,
+    RunTotals,
+    TrainerState,
+    TrainOutput,
+    open_trackers,
+    peak_memory_mb,
+    train_output,
+    trainer_state,
+)
 
 # transformers renamed TrainingArguments.gradient_checkpointing (the old name warns); older releases know only it
 _CHECKPOINTING = ("activation_checkpointing" if "activation_checkpointing" in TrainingArguments.__dataclass_fields__
@@ -234,8 +243,7 @@ class GRPOBaselineTrainer:
         finally:
             log.close()
             lock.release()
-            records = log.read() if log.path.is_file() else []
-            self.state = TrainerState(log_history=records, global_step=records[-1]["step"] if records else 0)
+            self.state = trainer_state(log)
         return train_output(run_dir, self.state.log_history, config.max_steps, self.training_loss)
 
     def _trl_trainer(self, run_dir: Path, log: MetricsLog, resume: bool, stop: StopSignals):

@@ -46,7 +46,16 @@ from .interrupt import Interrupted, StopSignals
 from .io import fsync_file, writing
 from .models import default_device
 from .rundir import prepare_run_dir
-from .runlog import MetricsLog, RunTotals, TrainerState, TrainOutput, open_trackers, peak_memory_mb, train_output
+from .runlog import (
+    MetricsLog,
+    RunTotals,
+    TrainerState,
+    TrainOutput,
+    open_trackers,
+    peak_memory_mb,
+    train_output,
+    trainer_state,
+)
 
 
 def prompt_indices(num_examples: int, step: int, count: int, seed: int) -> list[int]:
@@ -134,8 +143,7 @@ class EggrollTrainer:
             log.close()
             if lock is not None:
                 lock.release()
-            records = log.read() if log.path.is_file() else []
-            self.state = TrainerState(log_history=records, global_step=records[-1]["step"] if records else 0)
+            self.state = trainer_state(log)
         return train_output(run_dir, self.state.log_history, self.args.max_steps)
 
     def _loop(self, run_dir: Path, log: MetricsLog, resume: bool, stop: StopSignals) -> None:
