@@ -232,9 +232,6 @@ class EggrollConfig:
             (self.eval_every >= 1 and self.save_every >= 1, "eval_every and save_every must be >= 1"),
             (self.distributed_timeout_s > 0, f"distributed_timeout_s must be > 0, got {self.distributed_timeout_s}"),
             (bool(self.rewards), "rewards must name at least one reward function"),
-            (self.reward_weights is None or len(self.reward_weights) == len(self.rewards),
-             f"reward_weights has {len(self.reward_weights or [])} entries for {len(self.rewards)} reward functions; "
-             "give one weight per entry of rewards (or null for all 1)"),
             (all(r in REPORT_TO for r in ([self.report_to] if isinstance(self.report_to, str) else self.report_to)),
              f"report_to must be one or more of {', '.join(REPORT_TO)}, got {self.report_to!r}"),
         ])
@@ -477,7 +474,10 @@ def validate(config: EggrollConfig) -> None:
         (es.optimizer in OPTIMIZERS, f"es.optimizer must be {' or '.join(OPTIMIZERS)}, got {es.optimizer!r}"),
         (es.optimizer == "sgd" or (es.adapter_rank == "full" and es.momentum == 0),
          "es.optimizer adam keeps dense moments: set es.adapter_rank: full and es.momentum: 0"),
-        # rules that span sections
+        # rules that span sections (or fields that the Python API resolves first: rewards from reward_funcs)
+        (config.reward_weights is None or len(config.reward_weights) == len(config.rewards),
+         f"reward_weights has {len(config.reward_weights or [])} entries for {len(config.rewards)} reward functions; "
+         "give one weight per entry of rewards (or null for all 1)"),
         (es.sigma_scale == "absolute" or gen.engine == "hf",
          "es.sigma_scale weight_rms runs on the hf engine (the vllm engine writes member adapters at one σ)"),
         (config.method == "eggroll" or data.long_prompts == "error",

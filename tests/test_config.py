@@ -133,3 +133,12 @@ def test_each_section_checks_itself_where_it_is_built_and_validate_keeps_the_cro
     grpo_on_vllm = EggrollConfig(method="grpo", generation={"engine": "vllm"})
     with pytest.raises(ConfigError, match="GRPO samples with TRL's GRPOTrainer"):
         validate(grpo_on_vllm)
+
+
+def test_reward_weights_are_matched_to_the_rewards_once_they_are_known():
+    """The Python API gives the rewards as reward_funcs: EggrollConfig(reward_weights=[1, .1, .1]) alone is fine."""
+    from eggroll_llm.config import validate
+
+    assert EggrollConfig(reward_weights=[1.0, 0.1, 0.1]).reward_weights == [1.0, 0.1, 0.1]
+    with pytest.raises(ConfigError, match="reward_weights has 3 entries for 1 reward functions"):
+        validate(EggrollConfig(reward_weights=[1.0, 0.1, 0.1]))
