@@ -3,7 +3,9 @@
 The same object configures the Python API (`EggrollTrainer(..., args=EggrollConfig(...))`) and a YAML recipe
 (`eggroll-llm train RECIPE.yaml --es.sigma 0.01`): every recipe key maps 1:1 to a field here, and defaults live only
 here. An unknown key is an error that names the nearest valid key, a value of the wrong type names the field, and
-`validate` refuses values that cannot work (choices, finite numbers in sane ranges) before anything is written.
+each section refuses values that cannot work (types, choices, finite numbers in sane ranges) where it is built, in
+`__post_init__`; `validate` keeps the rules that span sections. All of it runs before anything is written. The GRPO
+baseline's section, `GRPOBaselineConfig`, names its fields as TRL's GRPOConfig does.
 
     eggroll-llm train recipes/tiny-arith-eggroll.yaml --es.sigma 0.01 --max_steps 50
     EggrollConfig(output_dir="runs/x", max_steps=50, es={"sigma": 0.01})
@@ -22,6 +24,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
+
+REPORT_TO = ("none", "tensorboard", "wandb", "all")
+DTYPES = ("float32", "bfloat16", "float16")
 
 
 class ConfigError(ValueError):
@@ -49,7 +54,12 @@ class ModelConfig:
                                 "become U and V (eggroll only; on --resume the checkpoint's adapter is used)", None)
 
     def __post_init__(self):
-        check_fields(self, "model.")
+        check_section(self, "model.", lambda: [
+            (self.dtype in DTYPES, f"model.dtype must be {', '.join(DTYPES[:-1])} or {DTYPES[-1]}, got {self.dtype!r}"),
+            (self.dry_run_random_init or not self.dry_run_shrink,
+             "model.dry_run_shrink shrinks a random-init model: set model.dry_run_random_init too (or use "
+             "--dry_run tiny)"),
+        ])
 
 
 @dataclass
@@ -74,7 +84,19 @@ class DataConfig:
                                       None)
 
     def __post_init__(self):
-        check_fields(self, "data.")
+        from .data import TASK_BUILDERS  # the tasks the data layer can build (data.py imports `datasets`: lazily)
+
+        check_section(self, "data.", lambda: [
+            (self.task in TASK_BUILDERS, f"data.task must be one of {', '.join(map(str, TASK_BUILDERS))} (null: your "
+                                         f"own dataset at data.data_path), got {self.task!r}"),
+            (self.task is not None or self.data_path is not None or self.train_dataset is not None,
+             "data.task is null, so the prompts come from your own dataset: set data.data_path to a local file or "
+             "folder or a Hub dataset id"),
+            (self.eval_limit >= 1, f"data.eval_limit must be >= 1, got {self.eval_limit}"),
+            (self.few_shot >= 0, f"data.few_shot must be >= 0, got {self.few_shot}"),
+            (self.long_prompts in ("error", "truncate"),
+             f"data.long_prompts must be error or truncate, got {self.long_prompts!r}"),
+        ])
 
 
 @dataclass
@@ -89,7 +111,15 @@ class GenerationConfig:
                                           "copy of the model needs the rest", 0.5)
 
     def __post_init__(self):
-        check_fields(self, "generation.")
+        check_section(self, "generation.", lambda: [
+            (self.engine in ("hf", "vllm"), f"generation.engine must be hf or vllm, got {self.engine!r}"),
+            (self.max_new_tokens >= 1, "generation.max_new_tokens must be >= 1"),
+            (self.temperature >= 0, f"generation.temperature must be >= 0 (0 = greedy), got {self.temperature}"),
+            (0 < self.top_p <= 1, f"generation.top_p must be in (0, 1] (1 = off), got {self.top_p}"),
+            (self.max_batch_tokens >= 1, f"generation.max_batch_tokens must be >= 1, got {self.max_batch_tokens}"),
+            (0 < self.gpu_memory_utilization <= 1,
+             f"generation.gpu_memory_utilization must be in (0, 1], got {self.gpu_memory_utilization}"),
+        ])
 
 
 @dataclass
@@ -142,12 +172,8 @@ class ESConfig:
         from .optim import OPTIMIZERS
         from .strategy import STRATEGIES
 
-        check_fields(self, "es.")
-        not_finite = _finite_floats(self, "es.")
-        if not_finite:
-            raise ConfigError(f"{not_finite[0]} must be a finite number, got {getattr(self, not_finite[0][3:])}")
         es, bad_regex = self, _regex_error(self.target_modules)
-        checks = [
+        check_section(self, "es.", lambda: [
             (0 < es.sigma <= 1, f"es.sigma must be in (0, 1] (a perturbation of the weights' own scale; the paper "
                                 f"uses ~1e-3 on real LLMs), got {es.sigma}"),
             (es.rank >= 1, f"es.rank must be >= 1, got {es.rank}"),
@@ -189,15 +215,15 @@ class ESConfig:
             (es.optimizer in OPTIMIZERS, f"es.optimizer must be {' or '.join(OPTIMIZERS)}, got {es.optimizer!r}"),
             (es.optimizer == "sgd" or es.momentum == 0,
              "es.momentum is SGD's; es.optimizer adam keeps its own moments: set es.momentum: 0"),
-        ]
-        for ok, message in checks:
-            if not ok:
-                raise ConfigError(message)
+        ])
 
 
 @dataclass
-class GRPOSection:
-    """GRPO baseline hyper-parameters (recipe section `grpo:`, used when method: grpo)."""
+class GRPOBaselineConfig:
+    """The GRPO baseline's hyper-parameters (recipe section `grpo:`, used when method: grpo), named as TRL's
+    GRPOConfig names them (learning_rate, num_generations, temperature, beta, gradient_accumulation_steps,
+    gradient_checkpointing); prompts_per_step and lora_rank say what GRPOConfig's batch size and PEFT's LoraConfig
+    are built from (grpo.py). Checks itself where it is built; the rules that span sections are grpo.check_grpo's."""
 
     prompts_per_step: int = _help("prompts answered per update; each gets num_generations sampled completions", 8)
     num_generations: int = _help("completions sampled per prompt: the group whose mean reward is the baseline "
@@ -213,8 +239,26 @@ class GRPOSection:
     gradient_checkpointing: bool = _help("recompute activations in the backward pass (less memory, slower; for "
                                          "large models)", False)
 
+    @property
+    def completions(self) -> int:
+        """Completions sampled per update: prompts_per_step x num_generations (TRL's generation batch)."""
+        return self.prompts_per_step * self.num_generations
+
     def __post_init__(self):
-        check_fields(self, "grpo.")
+        check_section(self, "grpo.", lambda: [
+            (self.prompts_per_step >= 1, f"grpo.prompts_per_step must be >= 1, got {self.prompts_per_step}"),
+            (self.num_generations >= 2, f"grpo.num_generations must be >= 2 (the group baseline needs two "
+                                        f"completions of a prompt), got {self.num_generations}"),
+            (self.gradient_accumulation_steps >= 1 and self.completions % self.gradient_accumulation_steps == 0,
+             f"grpo.gradient_accumulation_steps {self.gradient_accumulation_steps} must divide the "
+             f"{self.completions} completions of a step (prompts_per_step {self.prompts_per_step} x num_generations "
+             f"{self.num_generations}); choose a divisor of {self.completions}"),
+            (self.temperature > 0, f"grpo.temperature must be > 0 (GRPO needs different completions of a prompt to "
+                                   f"compare), got {self.temperature}"),
+            (self.learning_rate > 0, f"grpo.learning_rate must be > 0, got {self.learning_rate}"),
+            (self.lora_rank >= 0, f"grpo.lora_rank must be >= 0 (0 = full fine-tuning), got {self.lora_rank}"),
+            (self.beta >= 0, f"grpo.beta must be >= 0, got {self.beta}"),
+        ])
 
 
 @dataclass
@@ -249,16 +293,26 @@ class EggrollConfig:
     data: DataConfig = _help("prompts and held-out data", factory=DataConfig)
     generation: GenerationConfig = _help("how completions are sampled", factory=GenerationConfig)
     es: ESConfig = _help("EGGROLL hyper-parameters", factory=ESConfig)
-    grpo: GRPOSection = _help("GRPO baseline hyper-parameters (TRL's GRPOTrainer; used when method: grpo)",
-                              factory=GRPOSection)
+    grpo: GRPOBaselineConfig = _help("GRPO baseline hyper-parameters (TRL's GRPOTrainer; used when method: grpo)",
+                              factory=GRPOBaselineConfig)
 
     def __post_init__(self):
         for f in dataclasses.fields(self):  # plain dicts for nested sections, as a recipe gives them
             value = getattr(self, f.name)
             if isinstance(value, dict):
                 setattr(self, f.name, _build(type(f.default_factory()), value, f"{f.name}."))
-        check_fields(self)
-        check_fields(self.es, "es.")
+        check_section(self, "", lambda: [
+            (self.method in ("eggroll", "grpo"), f"method must be eggroll or grpo, got {self.method!r}"),
+            (self.max_steps >= 1, f"max_steps must be >= 1, got {self.max_steps}"),
+            (self.max_wall_s is None or self.max_wall_s > 0, "max_wall_s must be > 0 (or null for no limit)"),
+            (self.budget_clock in budget_clocks(),
+             f"budget_clock must be {' or '.join(budget_clocks())}, got {self.budget_clock!r}"),
+            (self.eval_every >= 1 and self.save_every >= 1, "eval_every and save_every must be >= 1"),
+            (self.distributed_timeout_s > 0, f"distributed_timeout_s must be > 0, got {self.distributed_timeout_s}"),
+            (bool(self.rewards), "rewards must name at least one reward function"),
+            (all(r in REPORT_TO for r in ([self.report_to] if isinstance(self.report_to, str) else self.report_to)),
+             f"report_to must be one or more of {', '.join(REPORT_TO)}, got {self.report_to!r}"),
+        ])
 
 
 # Keys that only say how far, where or how a run goes, not what it trains: a resumed run may change them, and
@@ -314,6 +368,26 @@ def _type_name(option) -> str:
         return f"a list of {_type_name(typing.get_args(option)[0]).split(' ', 1)[1]}"
     name = getattr(option, "__name__", str(option))
     return f"{'an' if name[0] in 'aeiou' else 'a'} {name}"
+
+
+def budget_clocks() -> tuple[str, ...]:
+    from .runlog import BUDGET_CLOCKS
+
+    return tuple(BUDGET_CLOCKS)
+
+
+def check_section(section, prefix: str, checks: typing.Callable[[], list[tuple[bool, str]]]) -> None:
+    """A section's own checks, where it is built: field types (check_fields), finite floats, then `checks()` (called
+    once the types are right), each an (ok, message naming the key and the fix) pair; the first that fails raises
+    ConfigError."""
+    check_fields(section, prefix)
+    for f in dataclasses.fields(section):
+        value = getattr(section, f.name)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"{prefix}{f.name} must be a finite number, got {value}")
+    for ok, message in checks():
+        if not ok:
+            raise ConfigError(message)
 
 
 def check_fields(section, prefix: str = "") -> None:
@@ -428,7 +502,6 @@ def load_config(path: str | Path | None = None, overrides: list[str] | dict | No
     return config
 
 
-REPORT_TO = ("none", "tensorboard", "wandb", "all")
 
 
 def _finite_floats(node, prefix: str = "") -> list[str]:
@@ -444,26 +517,18 @@ def _finite_floats(node, prefix: str = "") -> list[str]:
 
 
 def validate(config: EggrollConfig) -> None:
-    """Cross-field checks, raised before any work starts (and before anything is written)."""
-    from .data import TASK_BUILDERS
-    from .runlog import BUDGET_CLOCKS
+    """The rules that span sections, raised before any work starts (and before anything is written); each section
+    checks its own values where it is built (__post_init__)."""
 
     es, gen, data = config.es, config.generation, config.data
     not_finite = _finite_floats(config)
     if not_finite:
         raise ConfigError(f"{not_finite[0]} must be a finite number, got {_lookup(config, not_finite[0])}")
-    report_to = [config.report_to] if isinstance(config.report_to, str) else config.report_to
-    weights = config.reward_weights
     checks = [
-        (config.method in ("eggroll", "grpo"), f"method must be eggroll or grpo, got {config.method!r}"),
-        (config.max_steps >= 1, f"max_steps must be >= 1, got {config.max_steps}"),
-        (config.max_wall_s is None or config.max_wall_s > 0, "max_wall_s must be > 0 (or null for no limit)"),
-        (config.budget_clock in BUDGET_CLOCKS,
-         f"budget_clock must be {' or '.join(BUDGET_CLOCKS)}, got {config.budget_clock!r}"),
-        (config.eval_every >= 1 and config.save_every >= 1, "eval_every and save_every must be >= 1"),
-        (config.distributed_timeout_s > 0, f"distributed_timeout_s must be > 0, got {config.distributed_timeout_s}"),
-        (config.model.dtype in ("float32", "bfloat16", "float16"),
-         f"model.dtype must be float32, bfloat16 or float16, got {config.model.dtype!r}"),
+        # fields that the Python API resolves first (rewards from reward_funcs)
+        (config.reward_weights is None or len(config.reward_weights) == len(config.rewards),
+         f"reward_weights has {len(config.reward_weights or [])} entries for {len(config.rewards)} reward functions; "
+         "give one weight per entry of rewards (or null for all 1)"),
         (es.samples_per_prompt == 1 or gen.temperature > 0,
          f"es.samples_per_prompt {es.samples_per_prompt} draws several completions per (member, prompt), which "
          "greedy decoding makes identical: set generation.temperature > 0 or es.samples_per_prompt: 1"),
@@ -473,35 +538,11 @@ def validate(config: EggrollConfig) -> None:
         (gen.engine == "hf" or (es.strategy == "eggroll" and es.adapter_rank is not None),
          "generation.engine vllm runs members as LoRA adapters: it needs es.strategy eggroll and an adapter "
          "(es.adapter_rank); use generation.engine: hf"),
-        (es.sigma_scale == "absolute" or config.generation.engine == "hf",
+        (es.sigma_scale == "absolute" or gen.engine == "hf",
          "es.sigma_scale weight_rms runs on the hf engine (the vllm engine writes member adapters at one σ)"),
-        (config.model.dry_run_random_init or not config.model.dry_run_shrink,
-         "model.dry_run_shrink shrinks a random-init model: set model.dry_run_random_init too (or use --dry_run tiny)"),
-        (data.task in TASK_BUILDERS, f"data.task must be one of {', '.join(map(str, TASK_BUILDERS))} (null: your own "
-                                     f"dataset at data.data_path), got {data.task!r}"),
-        (data.task is not None or data.data_path is not None or data.train_dataset is not None,
-         "data.task is null, so the prompts come from your own dataset: set data.data_path to a local file or "
-         "folder or a Hub dataset id"),
-        (data.eval_limit >= 1, f"data.eval_limit must be >= 1, got {data.eval_limit}"),
-        (data.few_shot >= 0, f"data.few_shot must be >= 0, got {data.few_shot}"),
-        (data.long_prompts in ("error", "truncate"),
-         f"data.long_prompts must be error or truncate, got {data.long_prompts!r}"),
         (config.method == "eggroll" or data.long_prompts == "error",
          "data.long_prompts: truncate is for EGGROLL runs; TRL's GRPOTrainer does not truncate prompts, so GRPO runs "
          "refuse prompts that do not fit: shorten them or lower generation.max_new_tokens"),
-        (gen.engine in ("hf", "vllm"), f"generation.engine must be hf or vllm, got {gen.engine!r}"),
-        (gen.max_new_tokens >= 1, "generation.max_new_tokens must be >= 1"),
-        (gen.temperature >= 0, f"generation.temperature must be >= 0 (0 = greedy), got {gen.temperature}"),
-        (0 < gen.top_p <= 1, f"generation.top_p must be in (0, 1] (1 = off), got {gen.top_p}"),
-        (gen.max_batch_tokens >= 1, f"generation.max_batch_tokens must be >= 1, got {gen.max_batch_tokens}"),
-        (bool(config.rewards), "rewards must name at least one reward function"),
-        (weights is None or len(weights) == len(config.rewards),
-         f"reward_weights has {len(weights or [])} entries for {len(config.rewards)} reward functions; give one "
-         "weight per entry of rewards (or null for all 1)"),
-        (all(r in REPORT_TO for r in report_to),
-         f"report_to must be one or more of {', '.join(REPORT_TO)}, got {config.report_to!r}"),
-        (0 < gen.gpu_memory_utilization <= 1,
-         f"generation.gpu_memory_utilization must be in (0, 1], got {gen.gpu_memory_utilization}"),
         (config.method == "eggroll" or gen.engine == "hf",
          f"generation.engine {gen.engine!r} is for eggroll runs; GRPO samples with TRL's GRPOTrainer "
          "and evaluates with the hf engine: use generation.engine: hf"),

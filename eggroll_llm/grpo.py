@@ -58,6 +58,7 @@ from .runlog import (
     open_trackers,
     peak_memory_mb,
     train_output,
+    trainer_state,
 )
 
 # transformers renamed TrainingArguments.gradient_checkpointing (the old name warns); older releases know only it
@@ -66,23 +67,10 @@ _CHECKPOINTING = ("activation_checkpointing" if "activation_checkpointing" in Tr
 
 
 def check_grpo(config: EggrollConfig) -> None:
-    """Refuse a GRPO setting that TRL would reject or silently reshape, before any model or data is loaded."""
-    grpo = config.grpo
-    completions = grpo.prompts_per_step * grpo.num_generations
+    """Refuse a GRPO run that TRL would reject or silently reshape, before any model or data is loaded: the rules
+    that span sections (the grpo section checks itself where it is built: config.GRPOBaselineConfig)."""
     checks = [
         (config.method == "grpo", f"method is {config.method!r}; the GRPO baseline runs recipes with method: grpo"),
-        (grpo.prompts_per_step >= 1, f"grpo.prompts_per_step must be >= 1, got {grpo.prompts_per_step}"),
-        (grpo.num_generations >= 2, f"grpo.num_generations must be >= 2 (the group baseline needs two completions "
-                                    f"of a prompt), got {grpo.num_generations}"),
-        (grpo.gradient_accumulation_steps >= 1 and completions % grpo.gradient_accumulation_steps == 0,
-         f"grpo.gradient_accumulation_steps {grpo.gradient_accumulation_steps} must divide the {completions} "
-         f"completions of a step (prompts_per_step {grpo.prompts_per_step} x num_generations "
-         f"{grpo.num_generations}); choose a divisor of {completions}"),
-        (grpo.temperature > 0, f"grpo.temperature must be > 0 (GRPO needs different completions of a prompt to "
-                               f"compare), got {grpo.temperature}"),
-        (grpo.learning_rate > 0, f"grpo.learning_rate must be > 0, got {grpo.learning_rate}"),
-        (grpo.lora_rank >= 0, f"grpo.lora_rank must be >= 0 (0 = full fine-tuning), got {grpo.lora_rank}"),
-        (grpo.beta >= 0, f"grpo.beta must be >= 0, got {grpo.beta}"),
         (config.model.dtype != "float16", "GRPO trains in float32 or bfloat16; float16 weights would need loss "
                                           "scaling: set model.dtype to bfloat16 or float32"),
     ]
@@ -257,8 +245,7 @@ class GRPOBaselineTrainer:
         finally:
             log.close()
             lock.release()
-            records = log.read() if log.path.is_file() else []
-            self.state = TrainerState(log_history=records, global_step=records[-1]["step"] if records else 0)
+            self.state = trainer_state(log)
         return train_output(run_dir, self.state.log_history, config.max_steps, self.training_loss)
 
     def _trl_trainer(self, run_dir: Path, log: MetricsLog, resume: bool, stop: StopSignals):

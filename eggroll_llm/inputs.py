@@ -158,13 +158,18 @@ def run_config(args: EggrollConfig, model, rewards: RewardSet, train_dataset, ev
     if data_source is None:
         check_prompts(train_dataset, "train_dataset")  # what is described below must be a dataset
         # the defaults, or what a config of an earlier run of objects holds (resuming one passes it back)
-        default = DataConfig(task=None) if data.train_dataset is not None else DataConfig()
+        default = (DataConfig(task=None, train_dataset=data.train_dataset) if data.train_dataset is not None
+                   else DataConfig())
         changed = [key for key in RECIPE_DATA_KEYS if getattr(data, key) != getattr(default, key)]
         if changed:
             raise ConfigError(f"data.{changed[0]} is {getattr(data, changed[0])!r}, but the datasets came as objects "
                               "(train_dataset, eval_dataset), which data.* does not build; shape the datasets "
                               f"themselves (e.g. eval_dataset.select(range(n)) for eval_limit) and leave data."
                               f"{changed[0]} at its default")
+        if args.rewards not in (EggrollConfig().rewards, rewards.names):
+            raise ConfigError(f"args.rewards is {args.rewards!r}, but the Python API scores with reward_funcs "
+                              f"({', '.join(rewards.names)}); pass the rewards as reward_funcs and leave args.rewards "
+                              "at its default")
         data = dataclasses.replace(data, task=None, data_path=None, train_dataset=describe_dataset(train_dataset),
                                    eval_dataset=describe_dataset(eval_dataset))
     args = dataclasses.replace(args, rewards=rewards.names, model=dataclasses.replace(args.model, name=name),

@@ -69,6 +69,16 @@ class TrainerState:
     global_step: int = 0
 
 
+def trainer_state(log: MetricsLog) -> TrainerState:
+    """A trainer's state from its run's log; empty when the log is unreadable (then the error that ended the run,
+    not the log's, is the one to report)."""
+    try:
+        records = log.read()
+    except ValueError:
+        records = []
+    return TrainerState(log_history=records, global_step=records[-1]["step"] if records else 0)
+
+
 @dataclass(frozen=True)
 class TrainOutput:
     """What train() returns, shaped like transformers' TrainOutput: the last step, the training loss (None for

@@ -56,6 +56,7 @@ from .runlog import (
     open_trackers,
     peak_memory_mb,
     train_output,
+    trainer_state,
 )
 
 
@@ -147,8 +148,7 @@ class EggrollTrainer:
             log.close()
             if lock is not None:
                 lock.release()
-            records = log.read() if log.path.is_file() else []
-            self.state = TrainerState(log_history=records, global_step=records[-1]["step"] if records else 0)
+            self.state = trainer_state(log)
         return train_output(run_dir, self.state.log_history, self.args.max_steps)
 
     def _loop(self, run_dir: Path, log: MetricsLog, resume: bool, stop: StopSignals) -> None:

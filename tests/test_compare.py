@@ -451,6 +451,7 @@ def real_runs(tmp_path_factory):
     return runs
 
 
+@pytest.mark.integration
 def test_real_two_step_runs_two_seeds_per_method(real_runs, tmp_path):
     summary = compare(real_runs, tmp_path / "report")
     assert list(summary["groups"]) == ["eggroll", "grpo"]
@@ -465,12 +466,14 @@ def test_real_two_step_runs_two_seeds_per_method(real_runs, tmp_path):
     assert (tmp_path / "report" / "accuracy_vs_wall.png").is_file()
 
 
+@pytest.mark.integration
 def test_real_runs_paired_comparison(real_runs, tmp_path):
     eggroll, grpo = real_runs[0], real_runs[2]
     paired = compare([eggroll, grpo], tmp_path / "pair")["paired"]
     assert paired["available"] and paired["n"] == 4 and "mcnemar_p" in paired
 
 
+@pytest.mark.integration
 def test_real_runs_have_a_flops_axis(real_runs, tmp_path):
     for run in real_runs:
         first = json.loads((run / "metrics.jsonl").read_text().splitlines()[0])

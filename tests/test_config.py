@@ -118,3 +118,32 @@ def test_python_api_values_are_checked_like_recipe_values():
 def test_a_single_reward_name_is_a_list_of_one():
     assert load_config(None, ["--rewards", "gsm8k"]).rewards == ["gsm8k"]
     assert EggrollConfig(rewards="format").rewards == ["format"]
+
+
+def test_each_section_checks_itself_where_it_is_built_and_validate_keeps_the_cross_section_rules():
+    from eggroll_llm.config import DataConfig, GenerationConfig, GRPOBaselineConfig, ModelConfig, validate
+
+    with pytest.raises(ConfigError, match=r"generation.top_p must be in \(0, 1\]"):
+        GenerationConfig(top_p=0.0)
+    with pytest.raises(ConfigError, match="grpo.num_generations must be >= 2"):
+        GRPOBaselineConfig(num_generations=1)
+    with pytest.raises(ConfigError, match="set data.data_path"):
+        DataConfig(task=None)
+    with pytest.raises(ConfigError, match="model.dtype must be float32, bfloat16 or float16"):
+        ModelConfig(dtype="float64")
+    with pytest.raises(ConfigError, match="generation.temperature must be a finite number"):
+        GenerationConfig(temperature=float("nan"))
+    assert GRPOBaselineConfig(prompts_per_step=3, num_generations=4).completions == 12
+    # each section is fine alone; together they are not: validate says why
+    grpo_on_vllm = EggrollConfig(method="grpo", generation={"engine": "vllm"})
+    with pytest.raises(ConfigError, match="GRPO samples with TRL's GRPOTrainer"):
+        validate(grpo_on_vllm)
+
+
+def test_reward_weights_are_matched_to_the_rewards_once_they_are_known():
+    """The Python API gives the rewards as reward_funcs: EggrollConfig(reward_weights=[1, .1, .1]) alone is fine."""
+    from eggroll_llm.config import validate
+
+    assert EggrollConfig(reward_weights=[1.0, 0.1, 0.1]).reward_weights == [1.0, 0.1, 0.1]
+    with pytest.raises(ConfigError, match="reward_weights has 3 entries for 1 reward functions"):
+        validate(EggrollConfig(reward_weights=[1.0, 0.1, 0.1]))

@@ -119,6 +119,7 @@ def test_single_process_helpers_are_identities():
     assert processes.main_value(1.25, "x") == 1.25 and processes.traffic(10**6) == {}
 
 
+@pytest.mark.integration
 def test_two_processes_equal_one_process_and_resume(tmp_path):
     """2 gloo processes (stopped after step 2, then resumed to step 3) end with the adapter and metrics of one
     uninterrupted process, while exchanging far fewer bytes than a weight all-reduce would."""
@@ -172,6 +173,7 @@ def launch_by_hand(tmp_path, reward: str, timeout_s: float):
     ]
 
 
+@pytest.mark.integration
 def test_a_process_that_dies_fails_the_job_at_once(tmp_path):
     """Rank 1 exits in step 2; rank 0 must stop with a clear error long before the (10 min) timeout."""
     main, other = launch_by_hand(tmp_path, "toy_rewards:die_in_step_2", timeout_s=600)
@@ -186,6 +188,7 @@ def test_a_process_that_dies_fails_the_job_at_once(tmp_path):
     assert [r["step"] for r in records(tmp_path / "run")] == [0, 1], "it failed mid-run, after step 1"
 
 
+@pytest.mark.integration
 def test_a_process_that_hangs_fails_the_job_after_the_timeout(tmp_path):
     """Rank 1 stops answering in step 2; rank 0 must give up after distributed_timeout_s, not wait forever."""
     main, other = launch_by_hand(tmp_path, "toy_rewards:hang_in_step_2", timeout_s=10)

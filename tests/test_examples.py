@@ -5,9 +5,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.integration
 def test_countdown_example_runs_two_steps(tmp_path):
     run = tmp_path / "countdown"
     done = subprocess.run([sys.executable, str(ROOT / "examples" / "countdown.py"), "--steps", "2", "--output-dir",

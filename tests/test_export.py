@@ -314,7 +314,7 @@ def hub_calls(monkeypatch):
         monkeypatch.setattr(HfApi, method, record)
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.setattr(push, "get_token", lambda: "hf_secret_never_shown")
-    monkeypatch.setattr(push, "require_hub", lambda what, fix: None)  # the Hub "answers" (test_hub.py: when not)
+    monkeypatch.setattr(push, "require_hub", lambda what, fix, **kwargs: None)  # the Hub "answers"
     return calls
 
 
@@ -356,7 +356,7 @@ def test_push_refusals_name_the_fix_and_call_nothing(exported, hub_calls, monkey
 def test_push_without_the_hub_or_with_a_broken_connection_is_one_line(exported, hub_calls, monkeypatch, capsys):
     from eggroll_llm import hub
 
-    def unreachable(what, fix):
+    def unreachable(what, fix, **kwargs):
         raise hub.HubUnreachable(f"{what} needs the Hugging Face Hub, which cannot be reached; {fix}")
 
     monkeypatch.setattr(push, "require_hub", unreachable)
@@ -368,7 +368,7 @@ def test_push_without_the_hub_or_with_a_broken_connection_is_one_line(exported, 
     def reset(self, *args, **kwargs):
         raise ConnectionResetError("connection reset by peer")
 
-    monkeypatch.setattr(push, "require_hub", lambda what, fix: None)
+    monkeypatch.setattr(push, "require_hub", lambda what, fix, **kwargs: None)
     monkeypatch.setattr(HfApi, "upload_folder", reset)
     assert cli.main(["push", exported["out"], "--repo-id", "me/tiny-eggroll"]) == 2
     err = capsys.readouterr().err

@@ -2,7 +2,9 @@
 
 Real `eggroll-llm train` processes are killed (-9), interrupted (SIGINT, SIGTERM), raced on one directory and fed
 bad values; each case checks that nothing is lost, that the error is one line with a non-zero exit, and that a
-resumed run ends with the metrics (timings aside) and adapter of an uninterrupted one. The 20-kill run is `slow`.
+resumed run ends with the metrics (timings aside) and adapter of an uninterrupted one. Cases that need real
+processes or several runs are the `integration` tier; the 20-kill run is `slow`; one-line errors stay in the default
+run.
 """
 
 import json
@@ -97,6 +99,7 @@ def steps_logged(run: Path) -> int:
 
 # --- interrupts ------------------------------------------------------------------------------------------------------
 
+@pytest.mark.integration
 @pytest.mark.parametrize("signum, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
 def test_a_signal_mid_run_saves_the_step_and_says_how_to_continue(recipe, uninterrupted, tmp_path, signum, code):
     run = tmp_path / "run"
@@ -114,6 +117,7 @@ def test_a_signal_mid_run_saves_the_step_and_says_how_to_continue(recipe, uninte
     assert_same_run(run, uninterrupted)
 
 
+@pytest.mark.integration
 def test_kill_9_at_random_points_then_resume(recipe, uninterrupted, tmp_path):
     assert kill_and_resume(recipe, tmp_path / "run", kills=2, seed=0) == 2
     assert_same_run(tmp_path / "run", uninterrupted)
@@ -147,6 +151,7 @@ def kill_and_resume(recipe: Path, run: Path, kills: int, seed: int) -> int:
 
 # --- the run lock --------------------------------------------------------------------------------------------------
 
+@pytest.mark.integration
 def test_a_second_run_on_a_directory_in_use_is_refused(recipe, tmp_path, capsys):
     run = tmp_path / "busy"
     run.mkdir()
@@ -164,6 +169,7 @@ def test_a_second_run_on_a_directory_in_use_is_refused(recipe, tmp_path, capsys)
     assert not (run / "metrics.jsonl").exists() and not (run / "config.yaml").exists()
 
 
+@pytest.mark.integration
 def test_a_stale_lock_of_a_killed_run_is_taken_over(recipe, tmp_path):
     run = tmp_path / "stale"
     run.mkdir()
@@ -284,6 +290,7 @@ def test_a_reward_that_returns_no_list_fails_in_one_line_without_a_checkpoint(re
     assert message in err and not list_checkpoints(run)
 
 
+@pytest.mark.integration
 def test_no_progress_shows_no_bar_at_all(recipe, tmp_path):
     """--no-progress hides the libraries' bars too (transformers' "Loading weights", datasets' "Map")."""
     done = subprocess.run([sys.executable, "-m", "eggroll_llm.cli", "train", str(recipe), "--output_dir",
@@ -301,6 +308,7 @@ def test_a_run_that_failed_before_its_first_checkpoint_may_be_rerun(recipe, tmp_
     assert main(["train", str(recipe), "--output_dir", str(run), "--no-progress", "--max_steps", "1"]) == 0
 
 
+@pytest.mark.integration
 def test_a_prompt_longer_than_the_context_is_refused_in_seconds_or_truncated(tmp_path, capsys):
     rows = [{"prompt": "Count: " + "one two three " * (4000 if i == 3 else 1)} for i in range(8)]
     data = tmp_path / "own"
@@ -325,6 +333,7 @@ def test_a_prompt_longer_than_the_context_is_refused_in_seconds_or_truncated(tmp
 
 # --- resume, logs and temporary files ----------------------------------------------------------------------------
 
+@pytest.mark.integration
 def test_resume_matches_the_run_by_place_not_by_text(recipe, uninterrupted, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     # stops at eval steps (eval_every 2): a run evaluates where it stops, and so does the uninterrupted one there
@@ -336,6 +345,7 @@ def test_resume_matches_the_run_by_place_not_by_text(recipe, uninterrupted, tmp_
     assert_same_run(tmp_path / "moved", uninterrupted)
 
 
+@pytest.mark.integration
 def test_a_torn_metrics_line_is_dropped_with_a_warning(recipe, uninterrupted, tmp_path, capsys):
     run = tmp_path / "torn"
     assert main(["train", str(recipe), "--output_dir", str(run), "--no-progress", "--max_steps", "4"]) == 0
@@ -351,6 +361,7 @@ def test_a_torn_metrics_line_is_dropped_with_a_warning(recipe, uninterrupted, tm
     assert f"{run / 'metrics.jsonl'}:3: not JSON" in capsys.readouterr().err
 
 
+@pytest.mark.integration
 def test_temporary_leftovers_of_a_killed_run_are_cleaned_at_the_next_start(recipe, tmp_path):
     run = tmp_path / "run"
     assert main(["train", str(recipe), "--output_dir", str(run), "--no-progress", "--max_steps", "1"]) == 0
@@ -364,6 +375,7 @@ def test_temporary_leftovers_of_a_killed_run_are_cleaned_at_the_next_start(recip
     assert [r["step"] for r in untimed(run)] == [0, 1, 2]
 
 
+@pytest.mark.integration
 def test_a_grpo_run_stops_on_sigint_at_a_saved_step_and_resumes(tmp_path):
     data = tmp_path / "data"
     data.mkdir()

@@ -112,6 +112,7 @@ def test_lora_run_writes_config_checkpoints_and_a_trained_adapter(lora_run):
     assert not (lora_run / "model").exists()
 
 
+@pytest.mark.integration
 def test_same_seed_gives_the_same_run(lora_run, model_name, data_dir, tmp_path):
     """TRL seeds sampling and LoRA init from the run's seed; on CPU two runs must agree but for timings."""
     again = run_recipe(make_config(model_name, data_dir, tmp_path / "again")).run_dir
@@ -122,6 +123,7 @@ def test_same_seed_gives_the_same_run(lora_run, model_name, data_dir, tmp_path):
     assert strip(MetricsLog(again / "metrics.jsonl").read()) == strip(MetricsLog(lora_run / "metrics.jsonl").read())
 
 
+@pytest.mark.integration
 def test_resume_continues_the_log_and_the_counts(lora_run, model_name, data_dir):
     config = make_config(model_name, data_dir, lora_run, max_steps=3)
     with pytest.raises(FileExistsError):
@@ -145,12 +147,12 @@ def test_bad_batch_is_refused_before_any_work(bad, message, model_name, data_dir
     for module, name in ((inputs_module, "load_base"), (grpo_module, "prepare_run_dir"),
                          (recipe_module, "task_dataset"), (recipe_module, "base_tokenizer")):
         monkeypatch.setattr(module, name, no_loading)
-    config = make_config(model_name, data_dir, tmp_path / "run", grpo={"lora_rank": 4, **bad})
-    with pytest.raises(ConfigError, match=message):
-        run_recipe(config)
+    with pytest.raises(ConfigError, match=message):  # the grpo section refuses it where it is built
+        run_recipe(make_config(model_name, data_dir, tmp_path / "run", grpo={"lora_rank": 4, **bad}))
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.integration
 def test_max_wall_s_stops_full_finetuning_early_and_saves_the_model(model_name, data_dir, tmp_path):
     config = make_config(model_name, data_dir, tmp_path / "run", grpo={"lora_rank": 0}, max_steps=50, max_wall_s=1e-3,
                          eval_every=10, save_every=10)
@@ -166,6 +168,7 @@ def test_max_wall_s_stops_full_finetuning_early_and_saves_the_model(model_name, 
     assert any(not torch.equal(before[name], after[name]) for name in before)  # full fine-tuning moved the weights
 
 
+@pytest.mark.integration
 def test_compare_reports_a_real_grpo_run_beside_a_real_eggroll_run(lora_run, model_name, data_dir, tmp_path):
     """The issue's CI check: two small real runs (EGGROLL and GRPO, same prompts) go through `compare`."""
     es = {"population_size": 4, "members_per_prompt": 2, "prompts_per_member": 2, "sigma": 0.05, "lr": 0.05}
@@ -184,6 +187,7 @@ def test_compare_reports_a_real_grpo_run_beside_a_real_eggroll_run(lora_run, mod
             assert image.format == "PNG" and image.size[0] > 100
 
 
+@pytest.mark.integration
 def test_the_python_api_takes_a_conversational_dataset_and_callables(model_name, tmp_path):
     """GRPOBaselineTrainer takes what EggrollTrainer takes: chat prompts and a reward callable get TRL's columns."""
     from toy_rewards import parity_reward

@@ -74,6 +74,7 @@ def test_run_directory_layout(tmp_path):
     assert any(k.endswith("lora_U") and v.abs().sum() > 0 for k, v in state.items()), "the update reached the adapter"
 
 
+@pytest.mark.integration
 def test_same_seed_same_metrics(tmp_path):
     a = train(small_config(tmp_path / "a"))
     b = train(small_config(tmp_path / "b"))
@@ -82,6 +83,7 @@ def test_same_seed_same_metrics(tmp_path):
     assert untimed(a / "metrics.jsonl") != untimed(c / "metrics.jsonl")
 
 
+@pytest.mark.integration
 def test_resume_continues_exactly(tmp_path):
     whole = train(small_config(tmp_path / "whole", max_steps=4, **{"es.momentum": 0.5}))
     split = tmp_path / "split"
@@ -97,6 +99,7 @@ def test_resume_continues_exactly(tmp_path):
     assert untimed(whole / "metrics.jsonl") == untimed(split / "metrics.jsonl")
 
 
+@pytest.mark.integration
 def test_resume_refuses_a_changed_recipe(tmp_path):
     train(small_config(tmp_path / "r", max_steps=1))
     with pytest.raises(ValueError, match="es.sigma: 0.1 → 0.5"):
@@ -131,6 +134,7 @@ def test_max_wall_s_stops_early_and_says_so_even_on_a_spent_resume(tmp_path, cap
     assert note in capsys.readouterr().out and untimed(tmp_path / "w" / "metrics.jsonl") == records
 
 
+@pytest.mark.integration
 def test_es_raises_a_toy_reward(tmp_path):
     """Learning sanity on a reward ES can climb in a few steps (bigger final numbers): the mean reward of the last
     steps beats the first ones. A sign error in the fold or a member/row mix-up makes this fail."""

@@ -73,6 +73,7 @@ def test_a_custom_reward_gets_every_extra_column_aligned_with_its_prompt(tmp_pat
     assert [json.loads(line)["index"] for line in lines] == [0, 1, 2]
 
 
+@pytest.mark.integration
 def test_a_model_object_and_a_conversational_dataset_train(tmp_path, tokenizer):
     """Chat-message prompts go through the chat template for the engine; rewards see TRL's conversational form."""
     model = load_model("tiny-arith")
@@ -99,6 +100,7 @@ def test_a_model_object_and_a_conversational_dataset_train(tmp_path, tokenizer):
     assert any(m is model for m in [trainer.model])  # the caller's model was trained in place
 
 
+@pytest.mark.integration
 def test_python_and_cli_routes_give_identical_metrics(tmp_path, tokenizer):
     recipe = {"output_dir": str(tmp_path / "cli"), "seed": 3, "max_steps": 2, "eval_every": 1, "save_every": 2,
               "rewards": ["gsm8k", "toy_rewards:length_reward"], "data": {"eval_limit": 4},
@@ -111,7 +113,8 @@ def test_python_and_cli_routes_give_identical_metrics(tmp_path, tokenizer):
 
     train = task_dataset("tiny-arith", "train", tokenizer, rows_seed=3)
     held_out = task_dataset("tiny-arith", "validation", tokenizer, limit=4)
-    python_args = {k: v for k, v in recipe.items() if k != "data"}  # the datasets come as objects: no data.*
+    # the datasets and rewards come as objects: no data.* and no rewards in args
+    python_args = {k: v for k, v in recipe.items() if k not in ("data", "rewards")}
     config = EggrollConfig(**{**python_args, "output_dir": str(tmp_path / "py")}, disable_tqdm=True)
     run = EggrollTrainer(model="tiny-arith", reward_funcs=[gsm8k_reward, length_reward], train_dataset=train,
                          eval_dataset=held_out, args=config).train().run_dir
@@ -120,6 +123,7 @@ def test_python_and_cli_routes_give_identical_metrics(tmp_path, tokenizer):
     assert saved["rewards"] == ["eggroll_llm.rewards:gsm8k_reward", "toy_rewards:length_reward"]  # both importable
 
 
+@pytest.mark.integration
 def test_reward_weights_scale_the_reward_but_not_the_update(tmp_path, tokenizer):
     """Group-centred fitness divides by the scores' spread, so doubling every weight doubles reward_mean only."""
     train = task_dataset("tiny-arith", "train", tokenizer, limit=64)
@@ -169,6 +173,7 @@ def test_bad_rewards_are_refused(tmp_path, reward, needle):
         EggrollTrainer(model="tiny-arith", reward_funcs=[reward], train_dataset=dataset, args=args(tmp_path / "r"))
 
 
+@pytest.mark.integration
 def test_report_to_tensorboard_writes_event_files(tmp_path, tokenizer):
     pytest.importorskip("tensorboard")
     train = task_dataset("tiny-arith", "train", tokenizer, limit=16)
