@@ -16,6 +16,7 @@ from pathlib import Path
 from .bench import add_bench_parser
 from .compare import add_compare_parser
 from .config import DRY_RUN_MODES
+from .egg.cli import add_egg_parser
 from .export import add_export_parser
 from .interrupt import Interrupted
 from .io import atomic_write_text
@@ -130,6 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_bench_parser(subparsers)
     add_export_parser(subparsers)
     add_push_parser(subparsers)
+    add_egg_parser(subparsers)
     return parser
 
 
