@@ -8,7 +8,6 @@ Flags are the fields of `EggTrainConfig` and `EggConfig`, each with its help str
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import typing
 
