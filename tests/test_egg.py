@@ -264,9 +264,11 @@ def test_toy_text_drops_well_below_unigram(tmp_path):
     (["--group_size", "6"], "--group_size must be even and divide"),
     (["--alpha", "0"], "--alpha and --alpha_end"),
     (["--resume"], "no checkpoint"),
+    (["--val_seq_len", "5000"], "smaller --val_seq_len"),
 ])
 def test_cli_errors_exit_2(tmp_path, capsys, args, message):
-    code = main(["egg", "train", "--output_dir", str(tmp_path / "run"), "--no-progress", *args])
+    toy = ["--data", str(_toy(tmp_path))]  # a later --data in args wins
+    code = main(["egg", "train", "--output_dir", str(tmp_path / "run"), "--no-progress", *toy, *args])
     err = capsys.readouterr().err
     assert code == 2 and message in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "run" / "metrics.jsonl").exists()

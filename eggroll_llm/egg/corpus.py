@@ -91,11 +91,13 @@ def load_corpus(data: str | Path | None = None) -> Corpus:
     return Corpus(_join(train), _join(val), source, len(train), len(val))
 
 
-def check_length(corpus: Corpus, seq_len: int) -> None:
-    for split, data in (("train", corpus.train), ("validation", corpus.val)):
-        if len(data) < seq_len + 1:
+def check_length(corpus: Corpus, seq_len: int, val_seq_len: int) -> None:
+    """Refuse a split shorter than one window, naming the flag that sets that window."""
+    for split, data, flag, length in (("train", corpus.train, "--seq_len", seq_len),
+                                      ("validation", corpus.val, "--val_seq_len", val_seq_len)):
+        if len(data) < length + 1:
             raise CorpusError(f"the {split} split of {corpus.source} has {len(data)} bytes, fewer than one window of "
-                              f"--seq_len {seq_len} + 1; give more text or a smaller --seq_len")
+                              f"{flag} {length} + 1; give more text or a smaller {flag}")
 
 
 def train_windows(corpus: Corpus, seed: int, step: int, windows: int, seq_len: int) -> np.ndarray:

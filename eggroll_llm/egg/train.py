@@ -113,7 +113,8 @@ def _start(config: EggTrainConfig, resume: bool) -> tuple[EggTrainConfig, dict, 
         raise EggTrainError(f"no checkpoint in {run_dir}/checkpoints to resume; run without --resume to start")
     stored = json.loads((run_dir / "config.json").read_text())
     # the run's own settings continue; only the budget and the display may change on resume
-    stored.update(max_steps=config.max_steps, max_wall_s=config.max_wall_s, no_progress=config.no_progress)
+    stored.update(output_dir=config.output_dir, max_steps=config.max_steps, max_wall_s=config.max_wall_s,
+                  no_progress=config.no_progress)
     tensors, state = load_checkpoint(checkpoints[-1])
     tensors.pop("es.step", None)
     return EggTrainConfig(**stored), tensors, state
@@ -124,7 +125,7 @@ def train(config: EggTrainConfig, resume: bool = False) -> Path:
     config, params, state = _start(config, resume)
     run_dir = Path(config.output_dir)
     text = corpus.load_corpus(config.data)
-    corpus.check_length(text, max(config.seq_len, config.val_seq_len))
+    corpus.check_length(text, config.seq_len, config.val_seq_len)
     val = torch.from_numpy(corpus.val_windows(text, config.val_windows, config.val_seq_len)).long()
     baselines = corpus.baselines(text.train, val.numpy())
     run_dir.mkdir(parents=True, exist_ok=True)
