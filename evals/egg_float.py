@@ -52,9 +52,11 @@ class FloatMinGRU(torch.nn.Module):
         """Logits (natural units) [N, T, 256]; `noise` = per-row (A [N, m, r], B [N, n, r]) as in EGGROLL."""
         def linear(x, name, w):
             y = x @ w.T
-            if noise is not None:
+            if noise is not None:  # the same rank-by-rank broadcast as EGG's lowrank_term
                 a, b = noise[name]
-                y = y + sigma * torch.bmm(torch.bmm(x, b), a.transpose(1, 2))
+                xb = torch.bmm(x, b) * sigma                     # [N, T, r]
+                for j in range(a.shape[-1]):
+                    y = y + xb[..., j:j + 1] * a[:, None, :, j]
             return y
 
         x = self.embed[tokens]

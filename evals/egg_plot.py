@@ -41,6 +41,7 @@ def main() -> None:
     p.add_argument("float_run", type=Path)
     p.add_argument("--out", type=Path, default=Path("evals/results/egg"))
     p.add_argument("--command", default="")
+    p.add_argument("--load_log", type=Path, help="lines 'TIME LOAD1 LOAD5 LOAD15' sampled during the runs")
     args = p.parse_args()
     runs = {"egg_int8_eggroll": curve(args.egg_run), "float32_mingru_adam": curve(args.float_run)}
     baselines = runs["egg_int8_eggroll"]["baselines"]
@@ -48,6 +49,10 @@ def main() -> None:
     result = {"runs": runs, "baselines": baselines, "command": args.command, "machine": platform.processor()
               or platform.machine(), "cpu_count": os.cpu_count(), "load_average_at_end": os.getloadavg(),
               "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+    if args.load_log and args.load_log.is_file():  # a shared machine: how many runnable jobs the runs shared it with
+        loads = [float(line.split()[1]) for line in args.load_log.read_text().splitlines() if line.strip()]
+        result["load_average_1min_during_runs"] = {"mean": sum(loads) / len(loads), "min": min(loads),
+                                                   "max": max(loads), "samples": len(loads)}
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "train.json").write_text(json.dumps(result, indent=2) + "\n")
     import matplotlib

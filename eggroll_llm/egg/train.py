@@ -141,7 +141,8 @@ def train(config: EggTrainConfig, resume: bool = False) -> Path:
                  "val_bits_per_byte": validation_bits_per_byte(params, config.model, val), **baselines})
     shapes = config.model.shapes()
     n, windows = config.population_size, config.population_size // config.group_size
-    bar = tqdm(total=config.max_steps, initial=step, disable=config.no_progress, desc="egg", unit="step")
+    bar = tqdm(total=None if config.max_wall_s else config.max_steps, initial=step, disable=config.no_progress,
+               desc="egg", unit="step")  # a wall-clock budget: no step total to count down to
     while step < config.max_steps and (config.max_wall_s is None or wall_s < config.max_wall_s):
         started = time.perf_counter()
         step += 1
