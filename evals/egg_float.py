@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import platform
 import time
 from pathlib import Path
 
@@ -21,6 +22,15 @@ import torch
 import torch.nn.functional as F
 
 from eggroll_llm.egg import corpus
+
+
+def machine() -> str:
+    """The CPU's model name (Linux), for the records of evals/egg_*.py."""
+    try:
+        with open("/proc/cpuinfo") as info:
+            return next(line.split(":", 1)[1].strip() for line in info if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or platform.machine()
 
 
 def _norm(x: torch.Tensor) -> torch.Tensor:

@@ -12,9 +12,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
+import sys
 import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from egg_float import machine  # noqa: E402
 
 BASELINES = ("uniform", "unigram", "bigram", "zlib")
 
@@ -46,8 +49,8 @@ def main() -> None:
     runs = {"egg_int8_eggroll": curve(args.egg_run), "float32_mingru_adam": curve(args.float_run)}
     baselines = runs["egg_int8_eggroll"]["baselines"]
     assert baselines == runs["float32_mingru_adam"]["baselines"], "the two runs were scored on different windows"
-    result = {"runs": runs, "baselines": baselines, "command": args.command, "machine": platform.processor()
-              or platform.machine(), "cpu_count": os.cpu_count(), "load_average_at_end": os.getloadavg(),
+    result = {"runs": runs, "baselines": baselines, "command": args.command, "machine": machine(),
+              "cpu_count": os.cpu_count(), "load_average_at_end": os.getloadavg(),
               "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
     if args.load_log and args.load_log.is_file():  # a shared machine: how many runnable jobs the runs shared it with
         loads = [float(line.split()[1]) for line in args.load_log.read_text().splitlines() if line.strip()]

@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import sys
 import time
@@ -24,10 +23,32 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from egg_float import FloatMinGRU  # noqa: E402
+from egg_float import FloatMinGRU, machine  # noqa: E402
 
 from eggroll_llm.egg import intops, qeggroll  # noqa: E402
 from eggroll_llm.egg.model import EggConfig, forward, init_params  # noqa: E402
+
+
+def gemm_times(rows: int, k: int, m: int, repeats: int) -> dict:
+    """The matrix product alone, [rows, k] by [k, m] (the mixer's shape at the largest population): PyTorch's CPU
+    int32 GEMM in the layout EGG uses (w xᵀ) and the other one (x wᵀ), torch._int_mm (int8 in, int32 out) and
+    float32 sgemm. Medians of interleaved repeats, seconds."""
+    gen = torch.Generator().manual_seed(0)
+    x8, w8 = (torch.randint(-127, 128, s, generator=gen, dtype=torch.int8) for s in ((rows, k), (m, k)))
+    x32, w32, xf, wf = x8.int(), w8.int(), x8.float(), w8.float()
+    w8t = w8.T.contiguous()
+    fns = {"int32_w_xT": lambda: w32 @ x32.T, "int32_x_wT": lambda: x32 @ w32.T,
+           "int8_torch_int_mm": lambda: torch._int_mm(x8, w8t), "float32_sgemm": lambda: xf @ wf.T}
+    assert torch.equal((w32 @ x32.T).T, torch._int_mm(x8, w8t))  # every integer path is exact
+    times = {name: [] for name in fns}
+    for fn in fns.values():
+        fn()
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            started = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - started)
+    return {"shape": [rows, k, m], **{f"{name}_s": statistics.median(ts) for name, ts in times.items()}}
 
 
 def main() -> None:
@@ -73,9 +94,11 @@ def main() -> None:
         row["int8_over_float32"] = row["int8_member_tokens_per_s"] / row["float32_member_tokens_per_s"]
         rows.append(row)
         print(json.dumps(row))
-    result = {"rows": rows, "model": config.to_dict(), "seq_len": args.seq_len, "repeats": args.repeats,
-              "threads": torch.get_num_threads(), "torch": torch.__version__, "machine": platform.processor()
-              or platform.machine(), "cpu_count": os.cpu_count(), "load_average": os.getloadavg(),
+    gemm = gemm_times(n * args.seq_len, args.hidden, 2 * args.hidden, args.repeats)
+    print(json.dumps(gemm))
+    result = {"rows": rows, "gemm": gemm, "model": config.to_dict(), "seq_len": args.seq_len, "repeats": args.repeats,
+              "threads": torch.get_num_threads(), "torch": torch.__version__, "machine": machine(),
+              "cpu_count": os.cpu_count(), "load_average": os.getloadavg(),
               "command": " ".join(sys.argv), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
