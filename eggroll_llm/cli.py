@@ -129,6 +129,7 @@ SUBCOMMANDS = {
     "bench": (".bench", "add_bench_parser"),
     "export": (".export", "add_export_parser"),
     "push": (".push", "add_push_parser"),
+    "egg": (".egg.cli", "add_egg_parser"),
 }
 
 
