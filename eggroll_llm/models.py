@@ -12,7 +12,7 @@ import warnings
 from pathlib import Path
 
 ASSETS = Path(__file__).resolve().parent / "assets"
-EMBEDDED_MODELS = {"tiny-arith": ASSETS / "tiny-arith"}
+EMBEDDED_MODELS = {"tiny-arith": ASSETS / "tiny-arith", "tiny-countdown": ASSETS / "tiny-countdown"}
 DTYPES = ("float32", "bfloat16", "float16")
 
 # Architectures built offline with random weights (`train --dry_run`, `bench --arch`): the published shapes of the
