@@ -12,6 +12,7 @@ import shlex
 import sys
 import warnings
 from pathlib import Path
+from types import SimpleNamespace
 
 from .bench import add_bench_parser
 from .compare import add_compare_parser
@@ -57,11 +58,13 @@ def _add_eval(subparsers) -> None:
 
 
 def _run_eval(args) -> int:
+    from transformers import AutoConfig
+
     from .data import QA_TASKS, task_dataset
     from .engine.hf import HFEngine
     from .evaluate import DEFAULT_MAX_NEW_TOKENS, evaluate, evaluate_rewards
     from .inputs import LONG_PROMPTS, PromptSet, prompt_budget
-    from .models import default_device, load_model, load_tokenizer
+    from .models import default_device, fetchable, load_model, load_tokenizer
 
     if args.batch_size < 1:
         raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
@@ -74,14 +77,16 @@ def _run_eval(args) -> int:
     tokenizer = load_tokenizer(args.model, trust_remote_code=args.trust_remote_code)
     dataset = task_dataset(task, args.split, tokenizer, data_path=args.data, prompt_column=args.prompt_column,
                            limit=args.limit, few_shot=args.few_shot)
-    model = load_model(args.model, dtype=args.dtype, device=default_device(args.device), adapter=args.adapter,
-                       trust_remote_code=args.trust_remote_code)
     max_new_tokens = args.max_new_tokens if args.max_new_tokens is not None else DEFAULT_MAX_NEW_TOKENS.get(task, 256)
     if max_new_tokens < 1:
         raise ValueError(f"--max-new-tokens must be >= 1, got {max_new_tokens}")
-    budget = prompt_budget(model, max_new_tokens)
-    prompt_set = PromptSet(dataset, tokenizer, f"{args.data or task} {args.split}", budget, args.long_prompts,
+    # prompts are checked against the context before the weights load: a refusal costs no loading time
+    config = AutoConfig.from_pretrained(fetchable(args.model), trust_remote_code=args.trust_remote_code)
+    prompt_set = PromptSet(dataset, tokenizer, f"{args.data or task} {args.split}",
+                           prompt_budget(SimpleNamespace(config=config), max_new_tokens), args.long_prompts,
                            settings=("--max-new-tokens", "--long-prompts truncate"))
+    model = load_model(args.model, dtype=args.dtype, device=default_device(args.device), adapter=args.adapter,
+                       trust_remote_code=args.trust_remote_code)
     engine = HFEngine(model, tokenizer)
     if task in QA_TASKS and not args.rewards:
         result = evaluate(engine, list(dataset["prompt"]), list(dataset["answer"]), max_new_tokens=max_new_tokens,
