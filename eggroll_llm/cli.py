@@ -13,6 +13,7 @@ import sys
 import warnings
 from importlib import import_module
 from pathlib import Path
+from types import SimpleNamespace
 
 from .config import DRY_RUN_MODES
 from .interrupt import Interrupted
@@ -21,50 +22,87 @@ from .io import atomic_write_text
 
 def _add_eval(subparsers) -> None:
     p = subparsers.add_parser("eval", help="greedy accuracy of a model (and optional adapter) on a task split",
-                              description="Batched greedy generation on a held-out split; prints strict (#### N) and "
-                                          "flexible (last number) accuracy.")
-    p.add_argument("--model", default="tiny-arith", help="embedded name (tiny-arith), local folder or Hub id")
+                              description="Batched greedy generation on a held-out split. tiny-arith and gsm8k: "
+                                          "strict (#### N) and flexible (last number) accuracy; countdown: success "
+                                          "rate as accuracy; a dataset of your own (--data FILE --rewards NAME): "
+                                          "eval_reward, the mean reward training-time evaluation reports.")
+    p.add_argument("--model", default="tiny-arith", help="embedded name (tiny-arith, tiny-countdown), local folder or "
+                   "Hub id")
     p.add_argument("--adapter", help="PEFT LoRA adapter folder to apply (e.g. a run's adapter/ or an export)")
-    p.add_argument("--task", default="tiny-arith", help="tiny-arith or gsm8k")
-    p.add_argument("--data", help="local jsonl/parquet file or folder (gsm8k); default: the Hub dataset openai/gsm8k")
+    p.add_argument("--task", help="tiny-arith (the default without --rewards), gsm8k or countdown; "
+                   "leave it out with --data and --rewards for a dataset of your own")
+    p.add_argument("--data", help="local jsonl/parquet file or folder (gsm8k default: the Hub dataset openai/gsm8k; "
+                   "countdown: rows with nums and target; your own: rows with a prompt column)")
+    p.add_argument("--prompt-column", default="prompt", help="your own dataset: the column holding each prompt (text "
+                   "or chat messages); every other column reaches the rewards as a keyword")
+    p.add_argument("--rewards", nargs="+", metavar="NAME|MODULE:FUNCTION",
+                   help="reward functions to report eval_reward with, as a recipe's rewards: built-in names or "
+                        "package.module:function (default: countdown for countdown)")
     p.add_argument("--split", default="test", help="dataset split (default: test)")
     p.add_argument("--limit", type=int, help="evaluate the first N examples only")
     p.add_argument("--few-shot", type=int, default=0, help="worked train examples shown before each question")
     p.add_argument("--batch-size", type=int, default=64, help="prompts generated together")
-    p.add_argument("--max-new-tokens", type=int, help="default: 64 for tiny-arith, 512 for gsm8k")
+    p.add_argument("--max-new-tokens", type=int, help="default: 64 for tiny-arith, 512 for gsm8k, 256 otherwise")
+    p.add_argument("--long-prompts", default="error",
+                   help="a prompt that does not fit beside --max-new-tokens in the model's context: error (default) or "
+                        "truncate (keep its last tokens, with a warning)")
     p.add_argument("--dtype", default="float32", help="float32, bfloat16 or float16")
     p.add_argument("--device", default=None, help="default: cuda when available, else cpu")
     p.add_argument("--trust-remote-code", action="store_true", help="allow model code from the Hub (off by default)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
-    p.add_argument("--out", type=Path, help="write per-example JSONL (prompt, completion, extracted, gold, correct)")
+    p.add_argument("--out", type=Path, help="write per-example JSONL (prompt, completion, and the checks or rewards)")
     p.set_defaults(func=_run_eval)
 
 
 def _run_eval(args) -> int:
-    from .data import build_prompts, load_task
+    from transformers import AutoConfig
+
+    from .data import QA_TASKS, task_dataset
     from .engine.hf import HFEngine
-    from .evaluate import DEFAULT_MAX_NEW_TOKENS, evaluate
-    from .models import default_device, load_model, load_tokenizer
+    from .evaluate import DEFAULT_MAX_NEW_TOKENS, evaluate, evaluate_rewards
+    from .inputs import LONG_PROMPTS, PromptSet, prompt_budget
+    from .models import default_device, fetchable, load_model, load_tokenizer
 
     if args.batch_size < 1:
         raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
-    dataset = load_task(args.task, args.split, args.data, limit=args.limit)
+    if args.long_prompts not in LONG_PROMPTS:
+        raise ValueError(f"--long-prompts must be one of {', '.join(LONG_PROMPTS)}, got {args.long_prompts!r}")
+    task = args.task or (None if args.rewards or args.data else "tiny-arith")
+    if task is None and not args.rewards:
+        raise ValueError("--data without --task is a dataset of your own, scored by reward functions: pass --rewards "
+                         "NAME or package.module:function (or --task gsm8k / countdown for rows of those tasks)")
     tokenizer = load_tokenizer(args.model, trust_remote_code=args.trust_remote_code)
+    dataset = task_dataset(task, args.split, tokenizer, data_path=args.data, prompt_column=args.prompt_column,
+                           limit=args.limit, few_shot=args.few_shot)
+    max_new_tokens = args.max_new_tokens if args.max_new_tokens is not None else DEFAULT_MAX_NEW_TOKENS.get(task, 256)
+    if max_new_tokens < 1:
+        raise ValueError(f"--max-new-tokens must be >= 1, got {max_new_tokens}")
+    # prompts are checked against the context before the weights load: a refusal costs no loading time
+    config = AutoConfig.from_pretrained(fetchable(args.model), trust_remote_code=args.trust_remote_code)
+    prompt_set = PromptSet(dataset, tokenizer, f"{args.data or task} {args.split}",
+                           prompt_budget(SimpleNamespace(config=config), max_new_tokens), args.long_prompts,
+                           settings=("--max-new-tokens", "--long-prompts truncate"))
     model = load_model(args.model, dtype=args.dtype, device=default_device(args.device), adapter=args.adapter,
                        trust_remote_code=args.trust_remote_code)
-    prompts = build_prompts(tokenizer, dataset, few_shot=args.few_shot, task=args.task, data_path=args.data)
-    max_new_tokens = args.max_new_tokens or DEFAULT_MAX_NEW_TOKENS.get(args.task, 256)
-    result = evaluate(HFEngine(model, tokenizer), prompts, list(dataset["answer"]), max_new_tokens=max_new_tokens,
-                      batch_size=args.batch_size, progress=not args.json)
+    engine = HFEngine(model, tokenizer)
+    if task in QA_TASKS and not args.rewards:
+        result = evaluate(engine, list(dataset["prompt"]), list(dataset["answer"]), max_new_tokens=max_new_tokens,
+                          batch_size=args.batch_size, progress=not args.json, prompt_ids=prompt_set.ids)
+        records, scores = result.records, result.summary()
+    else:
+        records, scores = evaluate_rewards(engine, prompt_set, task, args.rewards, max_new_tokens=max_new_tokens,
+                                           batch_size=args.batch_size, progress=not args.json)
     if args.out:
-        atomic_write_text(args.out, "".join(json.dumps(r) + "\n" for r in result.records))
-    summary = {"model": args.model, "adapter": args.adapter, "task": args.task, "split": args.split,
-               **result.summary()}
+        atomic_write_text(args.out, "".join(json.dumps(r) + "\n" for r in records))
+    summary = {"model": args.model, "adapter": args.adapter, "task": task, "split": args.split, **scores}
     if args.json:
         print(json.dumps(summary))
+    elif "strict_accuracy" in scores and task in QA_TASKS:
+        print(f"{task}/{args.split}: accuracy {scores['accuracy']:.4f} (flexible), "
+              f"strict {scores['strict_accuracy']:.4f}, n={scores['n']}")
     else:
-        print(f"{args.task}/{args.split}: accuracy {result.accuracy:.4f} (flexible), "
-              f"strict {result.strict_accuracy:.4f}, n={result.n}")
+        figures = ", ".join(f"{k} {v:.4f}" for k, v in scores.items() if k.startswith(("accuracy", "eval_reward")))
+        print(f"{task or args.data}/{args.split}: {figures}, n={scores['n']}")
     return 0
 
 

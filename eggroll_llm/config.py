@@ -41,7 +41,7 @@ def _help(text: str, default=dataclasses.MISSING, factory=dataclasses.MISSING):
 
 @dataclass
 class ModelConfig:
-    name: str = _help("embedded name (tiny-arith), local folder or Hub id", "tiny-arith")
+    name: str = _help("embedded name (tiny-arith, tiny-countdown), local folder or Hub id", "tiny-arith")
     dtype: str = _help("compute dtype of the frozen base weights: float32, bfloat16 or float16", "float32")
     device: str | None = _help("cpu, cuda, cuda:1 ...; default: cuda when available, else cpu", None)
     trust_remote_code: bool = _help("allow model code from the Hub (off unless you ask)", False)

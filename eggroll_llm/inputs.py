@@ -23,6 +23,9 @@ from .fitness import check_scores
 from .models import load_base, load_tokenizer
 from .rewards import ACCURACY_REWARDS, RewardError, resolve_reward, reward_name
 
+# the settings a long-prompt message names: a recipe's keys (eggroll-llm eval passes its own options)
+RECIPE_SETTINGS = ("generation.max_new_tokens", "data.long_prompts: truncate")
+
 
 class RewardSet:
     """The run's reward functions and their weights; calling it scores completions → (weighted sum, per function)."""
@@ -71,14 +74,14 @@ class PromptSet:
     """
 
     def __init__(self, dataset: datasets.Dataset, tokenizer, source: str, max_prompt_tokens: int | None = None,
-                 long_prompts: str = "error"):
+                 long_prompts: str = "error", settings: tuple[str, str] = RECIPE_SETTINGS):
         check_prompts(dataset, source)
         self.prompts = dataset["prompt"]
         texts = [render_prompt(tokenizer, p) for p in self.prompts]
         # verbose=False: the tokenizer's own over-length notice; fit_prompts below says what happens instead
         self.ids = tokenizer(texts, add_special_tokens=False, verbose=False)["input_ids"]
         if max_prompt_tokens is not None:
-            self.ids = fit_prompts(self.ids, max_prompt_tokens, long_prompts, source)
+            self.ids = fit_prompts(self.ids, max_prompt_tokens, long_prompts, source, settings)
         self.conversational = not isinstance(self.prompts[0], str)
         self.columns = {name: dataset[name] for name in dataset.column_names if name != "prompt"}
 
@@ -115,8 +118,13 @@ def prompt_budget(model, max_new_tokens: int) -> int | None:
     return limit - max_new_tokens
 
 
-def fit_prompts(ids: list[list[int]], budget: int, policy: str, source: str) -> list[list[int]]:
-    """`ids` checked against `budget` tokens: an error naming the first long row, or left-truncated with a warning."""
+def fit_prompts(ids: list[list[int]], budget: int, policy: str, source: str,
+                settings: tuple[str, str] = RECIPE_SETTINGS) -> list[list[int]]:
+    """`ids` checked against `budget` tokens: an error naming the first long row, or left-truncated with a warning.
+
+    `settings` names the completion budget and the truncation setting in the messages (the recipe keys by default,
+    `eggroll-llm eval` passes its options)."""
+    budget_setting, truncate_setting = settings
     long = [row for row, prompt in enumerate(ids) if len(prompt) > budget]
     if not long:
         return ids
@@ -124,11 +132,11 @@ def fit_prompts(ids: list[list[int]], budget: int, policy: str, source: str) -> 
     if policy != "truncate":
         raise DataError(f"{source}, row {first + 1}: the prompt has {len(ids[first]):,} tokens, over the {budget:,} "
                         f"that fit beside the completion budget in the model's context ({len(long)} such rows); "
-                        "shorten the prompts, lower generation.max_new_tokens, or set data.long_prompts: truncate "
+                        f"shorten the prompts, lower {budget_setting}, or set {truncate_setting} "
                         "(keeps each prompt's last tokens)")
     warnings.warn(f"{source}: {len(long)} prompts are longer than the {budget:,} tokens that fit beside the "
                   f"completion budget (the first: row {first + 1}, {len(ids[first]):,} tokens); keeping their last "
-                  f"{budget:,} tokens (data.long_prompts: truncate)", stacklevel=2)
+                  f"{budget:,} tokens ({truncate_setting})", stacklevel=2)
     return [prompt[-budget:] if len(prompt) > budget else prompt for prompt in ids]
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 from .config import DTYPES  # the one list; config.ModelConfig checks a recipe's dtype against it
 
 ASSETS = Path(__file__).resolve().parent / "assets"
-EMBEDDED_MODELS = {"tiny-arith": ASSETS / "tiny-arith"}
+EMBEDDED_MODELS = {"tiny-arith": ASSETS / "tiny-arith", "tiny-countdown": ASSETS / "tiny-countdown"}
 
 # Architectures built offline with random weights (`train --dry_run`, `bench --arch`): the published shapes of the
 # models the GSM8K recipes name (each one's config.json on the Hub), and a mid-size Qwen2 for CPU benchmarks.

@@ -35,7 +35,7 @@ def untimed(path):
 
 @pytest.fixture(scope="module")
 def fullrank_run(tmp_path_factory):
-    return run_recipe(config(tmp_path_factory.mktemp("fullrank") / "run"))
+    return run_recipe(config(tmp_path_factory.mktemp("fullrank") / "run")).run_dir
 
 
 def test_full_parameter_es_changes_every_weight_and_keeps_the_centre_between_members(tmp_path, monkeypatch):
@@ -66,7 +66,7 @@ def test_full_parameter_es_changes_every_weight_and_keeps_the_centre_between_mem
     monkeypatch.setattr(EggrollES, "ask", checked_ask)
     monkeypatch.setattr(EggrollES, "tell", checked_tell)
     monkeypatch.setattr(HFEngine, "generate", watched_generate)
-    run = run_recipe(config(tmp_path / "run"))
+    run = run_recipe(config(tmp_path / "run")).run_dir
     assert len(centres) == 3 and len(distances) == 3 * 4            # one generation per member and step
     assert all(d > 0 for d in distances) and len(set(distances)) == len(distances)
     assert all(any(not torch.equal(a[n], b[n]) for n in a) for a, b in zip(centres, centres[1:]))
@@ -80,7 +80,7 @@ def test_full_parameter_es_changes_every_weight_and_keeps_the_centre_between_mem
 
 def test_full_parameter_es_resumes_exactly(fullrank_run, tmp_path):
     run_recipe(config(tmp_path / "run", steps=1))
-    resumed = run_recipe(config(tmp_path / "run"), resume=True)
+    resumed = run_recipe(config(tmp_path / "run"), resume=True).run_dir
     training = lambda path: [{k: v for k, v in r.items() if not k.startswith("eval")}  # noqa: E731
                              for r in untimed(path / "metrics.jsonl")]
     assert training(resumed) == training(fullrank_run)
@@ -96,7 +96,7 @@ def test_the_full_model_export_evaluates_at_the_runs_final_accuracy(fullrank_run
     assert "full-parameter ES" in (tmp_path / "export" / "README.md").read_text()
     recipe = to_dict(load_config(fullrank_run / "config.yaml"))
     recipe["output_dir"], recipe["model"]["name"], recipe["max_steps"] = str(tmp_path / "again"), out["out"], 1
-    again = run_recipe(load_config(None, recipe))
+    again = run_recipe(load_config(None, recipe)).run_dir
     start = json.loads((again / "metrics.jsonl").read_text().splitlines()[0])
     final = [r for r in untimed(fullrank_run / "metrics.jsonl") if "eval_accuracy" in r][-1]
     assert (start["eval_accuracy"], start["eval_reward"]) == (final["eval_accuracy"], final["eval_reward"])
@@ -109,7 +109,7 @@ def test_levers_reach_the_run_and_are_recorded(tmp_path):
           "members_per_prompt": 2, "prompts_per_member": 2, "samples_per_prompt": 3, "aggregate": "majority_vote",
           "sigma_schedule": "cosine", "lr_schedule": "linear", "warmup_steps": 1}
     run = run_recipe(config(tmp_path / "run", steps=2, es=es, generation={"max_new_tokens": 16,
-                                                                         "temperature": 1.0}))
+                                                                         "temperature": 1.0})).run_dir
     records = untimed(run / "metrics.jsonl")
     assert records[-1]["completions"] == 2 * 4 * 2 * 3          # K samples of every (member, prompt)
     assert [r["lr"] for r in records[1:]] == [pytest.approx(0.005), pytest.approx(0.01)]   # warm-up, then decay
@@ -126,7 +126,7 @@ def test_a_process_clock_budget_stops_on_the_runs_own_clock(tmp_path, monkeypatc
     es = {"strategy": "eggroll", "adapter_rank": 2, "antithetic": True, "population_size": 2,
           "members_per_prompt": 2, "prompts_per_member": 1}
     run = run_recipe(config(tmp_path / "run", steps=20, es=es, budget_clock="process", max_wall_s=150.0,
-                            generation={"max_new_tokens": 4}))
+                            generation={"max_new_tokens": 4})).run_dir
     records = untimed(run / "metrics.jsonl")
     assert [r["step"] for r in records] == [0, 1, 2]          # 100 "seconds" a step: the budget ends after two
     assert json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])["wall_s"] == 200.0
