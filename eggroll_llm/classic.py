@@ -57,7 +57,7 @@ class SeparableGaussian(Strategy):
         raise NotImplementedError
 
     def noise(self, target: Target, key: int, num_pairs: int) -> Noise:
-        return DenseNoise(gaussian(target, key, num_pairs).E * self.ratio[target.name])
+        return DenseNoise(gaussian(target, key, num_pairs).E.mul_(self.ratio[target.name]))
 
     def weights(self, fitness: Tensor, pairs: Tensor, signs: Tensor, num_pairs: int) -> Tensor:
         u = self.utilities(fitness) * signs                                  # a mirrored member steps along −ε
@@ -74,8 +74,8 @@ class SeparableGaussian(Strategy):
         per_pair = torch.zeros(pop.num_pairs).index_add_(0, pop.pairs, u)
         moments = {}
         for name, t in self.es.targets.items():
-            z = pop.noise(t).E / self.ratio[name]                               # [P, *shape], the step's z
-            moments[name] = torch.tensordot(per_pair.to(z.device), z * z, dims=1)
+            E = pop.noise(t).E                                                  # [P, *shape] = r ⊙ z
+            moments[name] = torch.tensordot(per_pair.to(E.device), E * E, dims=1) / self.ratio[name].square()
         return per_pair, moments
 
     def state_dict(self) -> dict[str, Tensor]:
