@@ -64,7 +64,9 @@ class EggrollES:
     Selection (in place): every parameter with requires_grad=True (or every one, `include_frozen`), narrowed by
     `target_modules` (module names: list of suffixes or a regex) and `param_filter(name, param) -> bool`. Adapter
     mode (`adapter_rank`): the nn.Linear layers `target_modules` selects (default: those in the transformer blocks).
-    `strategy`: a name in strategy.STRATEGIES, `package.module:Class` or a Strategy (default: EGGROLL at `rank`).
+    `strategy`: a name in strategy.STRATEGIES, `package.module:Class` or a Strategy (default: EGGROLL at `rank`);
+    `antithetic` None takes the strategy's default (mirrored pairs for EGGROLL / OpenAI-ES, independent samples for
+    the classic family).
     `fitness`: a name in fitness.FITNESS_METHODS or a callable (scores [N, J], prompt_ids [N, J]) -> [N] ("none"
     takes the scores as already shaped). `optimizer`: "sgd" / "adam" (with lr, momentum, weight_decay) or an
     optim.Optimizer. The step counter is `step_index`.
@@ -72,7 +74,7 @@ class EggrollES:
 
     def __init__(self, model: nn.Module, *, population_size: int, sigma: float, lr: float, rank: int = 1,
                  adapter_rank: int | str | None = None, strategy: Strategy | str | None = None,
-                 antithetic: bool = True, noise_reuse: int = 1, seed: int = 0,
+                 antithetic: bool | None = None, noise_reuse: int = 1, seed: int = 0,
                  target_modules: list[str] | str | None = None,
                  param_filter: Callable[[str, nn.Parameter], bool] | None = None, momentum: float = 0.0,
                  weight_decay: float = 0.0, fitness: str | FitnessShaping = "group_centered",
@@ -87,6 +89,7 @@ class EggrollES:
         self.optimizer = resolve_optimizer(optimizer, lr, momentum, weight_decay)
         self.strategy = resolve_strategy(strategy, rank)
         self.model, self.step_index, self.merged = model, 0, False
+        antithetic = self.strategy.antithetic if antithetic is None else antithetic
         self.population = Population(population_size=population_size, sigma=sigma, rank=rank, antithetic=antithetic,
                                      seed=seed, noise_reuse=noise_reuse, strategy=self.strategy)
         if adapter_rank is None:
@@ -103,6 +106,7 @@ class EggrollES:
         if sigma_scale == "weight_rms":  # one σ and one lr mean the same relative change on every target
             for t in self.targets.values():
                 t.scale = float(t.param.detach().float().pow(2).mean().sqrt())
+        self.strategy.setup(self)
 
     @classmethod
     def from_config(cls, model: nn.Module, es, seed: int) -> EggrollES:
@@ -192,6 +196,7 @@ class EggrollES:
         grid = scores if scores.dim() == 2 else scores[:, None]                     # [N, J]
         ids = torch.zeros(grid.shape, dtype=torch.long) if prompt_ids is None else torch.as_tensor(prompt_ids)
         fitness = shape_fitness(grid, ids.reshape(grid.shape), self.shaping)        # [N]
+        self.strategy.update(fitness)            # adaptive strategies: σ, covariance (the step's noise stays cached)
         weights = self.strategy.weights(fitness, pop.pairs, pop.signs, pop.num_pairs)   # [P]
         t = self.step_index + 1
         with torch.no_grad():
@@ -225,12 +230,16 @@ class EggrollES:
         self.optimizer.lr = lr
 
     def state_dict(self) -> dict[str, torch.Tensor]:
-        """Parameters (in place) or adapters, optimizer state and the step: everything a resumed run needs."""
-        return {**self.store.state_dict(), **self.optimizer.state_dict(), "es.step": torch.tensor(self.step_index)}
+        """Parameters (in place) or adapters, optimizer state, the strategy's state (`strategy.*`: σ, covariance)
+        and the step: everything a resumed run needs."""
+        strategy = {f"strategy.{k}": v for k, v in self.strategy.state_dict().items()}
+        return {**self.store.state_dict(), **self.optimizer.state_dict(), **strategy,
+                "es.step": torch.tensor(self.step_index)}
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         self.store.load_state_dict(state)
         self.optimizer.load_state_dict(state, {name: t.param.device for name, t in self.targets.items()})
+        self.strategy.load_state_dict({k[len("strategy."):]: v for k, v in state.items() if k.startswith("strategy.")})
         self.step_index = int(state["es.step"])
 
     def trained_numel(self) -> int:

@@ -21,7 +21,9 @@ batched forward (es_layers.py) knows how to apply without building any member's 
 
 `EggrollStrategy` (EGGROLL, arXiv 2511.16652) draws low-rank directions for matrices (Linear and Embedding weights,
 conv kernels viewed as [out, in·k…]) and dense Gaussian ones for everything else (biases, norm weights);
-`OpenAIStrategy` draws dense Gaussian directions everywhere (full-parameter ES). `STRATEGIES` maps the names a
+`OpenAIStrategy` draws dense Gaussian directions everywhere (full-parameter ES). The classic family adapts its search
+distribution through the state hooks of `Strategy` (setup / update / state_dict): `simple_es` and `snes`
+(classic.py, per-parameter σ) and `cma_es` (cma_es.py, through the `cmaes` library). `STRATEGIES` maps the names a
 recipe or `EggrollES(strategy=...)` takes to these classes. A new strategy subclasses `Strategy`:
 
     class Rademacher(Strategy):                      # ±1 directions instead of Gaussian ones
@@ -137,9 +139,34 @@ def checked_noise(strategy: Strategy, target: Target, key: int, num_pairs: int) 
 class Strategy:
     """Base class of ES strategies; override `noise` (required) and, for another estimator, `weights` / `gradient`.
 
-    Strategies hold no state between steps: the ES object owns the step, the optimizer state and the parameters,
-    so a strategy stays a pair of pure functions that any process can re-run from the same key and fitness.
+    EGGROLL and OpenAI-ES hold no state between steps: the ES object owns the step, the optimizer state and the
+    parameters, so the strategy stays a pair of pure functions that any process can re-run from the same key and
+    fitness. A strategy that adapts its search distribution (per-parameter σ, a covariance, an archive; the classic
+    family of classic.py and cma_es.py) also overrides the state hooks, which the ES object calls:
+
+    - `setup(es)` once, when `EggrollES(strategy=...)` is built: check the settings and allocate the state;
+    - `update(fitness)` in every `tell`, after fitness shaping and before the centre moves, while
+      `population.noise(target)` still holds the step's directions: adapt the state;
+    - `state_dict()` / `load_state_dict(state)`: the state as tensors, saved under `strategy.` in the ES object's
+      own state dict, so a checkpoint resumes exactly.
+
+    `antithetic` is the strategy's default for `EggrollES(antithetic=None)`: mirrored pairs ±ε_k, or independent
+    samples (the classic strategies' textbook sampling).
     """
+
+    antithetic: bool = True
+
+    def setup(self, es) -> None:
+        """Check `es` (an eggroll_llm.es.EggrollES) suits this strategy and allocate its state; default nothing."""
+
+    def update(self, fitness: Tensor) -> None:
+        """Adapt the state to this step's shaped fitness [N] (members in population order); default nothing."""
+
+    def state_dict(self) -> dict[str, Tensor]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Tensor]) -> None:
+        """Restore what `state_dict` returned (keys without the ES object's `strategy.` prefix)."""
 
     def noise(self, target: Target, key: int, num_pairs: int) -> Noise:
         """The P directions ε_k of `target` at this step, a pure function of `key`, on the parameter's device."""
@@ -191,7 +218,23 @@ class OpenAIStrategy(Strategy):
         return "OpenAIStrategy()"
 
 
-STRATEGIES: dict[str, type[Strategy]] = {"eggroll": EggrollStrategy, "openai_es": OpenAIStrategy}
+class StrategyNames(dict):
+    """name -> Strategy class. The classic family lives in modules that import this one (classic.py, cma_es.py),
+    so its entries are import paths, resolved to the class on lookup."""
+
+    def __getitem__(self, name: str) -> type[Strategy]:
+        value = super().__getitem__(name)
+        return import_object(value, "strategy") if isinstance(value, str) else value
+
+    def values(self):
+        return [self[name] for name in self]
+
+    def items(self):
+        return [(name, self[name]) for name in self]
+
+
+STRATEGIES = StrategyNames(eggroll=EggrollStrategy, openai_es=OpenAIStrategy, simple_es="eggroll_llm.classic:SimpleES",
+                           snes="eggroll_llm.classic:SNES", cma_es="eggroll_llm.cma_es:CMAStrategy")
 
 
 def resolve_strategy(spec: Strategy | str | None, rank: int = 1) -> Strategy:
