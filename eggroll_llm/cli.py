@@ -119,6 +119,12 @@ def _run_train(args) -> int:
     return 0
 
 
+def _add_drift(subparsers) -> None:
+    from .drift import add_drift_parser  # no torch at import: --help stays fast
+
+    add_drift_parser(subparsers)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="eggroll-llm", description="EGGROLL fine-tuning of causal LMs, and GRPO "
                                      "baselines to compare against. Errors print one line; --debug (anywhere on "
@@ -128,6 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_eval(subparsers)
     _add_train(subparsers)
     add_compare_parser(subparsers)
+    _add_drift(subparsers)
     add_bench_parser(subparsers)
     add_export_parser(subparsers)
     add_push_parser(subparsers)
