@@ -94,6 +94,9 @@ class ESConfig:
     lr: float = _help("learning rate α of the ES step (1/σ is divided out, so α does not scale with σ or N)", 0.01)
     momentum: float = _help("SGD momentum (0 = plain SGD, the paper's choice)", 0.0)
     weight_decay: float = _help("decoupled decay of the adapter per step", 0.0)
+    decay_to_base: bool = _help("in place: es.weight_decay pulls the weights toward the base model's instead of 0, "
+                                "θ ← θ − lr·wd·(θ − θ_base) each step (an adapter's decay already pulls ΔW toward 0); "
+                                "a retention lever (docs/es.md)", False)
     fitness: str = _help("group_centered (paper §6.3), centered_rank, or none (the summed rewards as they are)",
                          "group_centered")
     sigma_scale: str = _help("absolute: every layer's noise is σ and its step lr; weight_rms: σ·RMS(W) and lr·RMS(W) "
@@ -376,6 +379,8 @@ def validate(config: EggrollConfig) -> None:
         (es.weight_decay >= 0 and es.lr * es.weight_decay < 1,
          f"es.weight_decay must be >= 0 with es.lr * es.weight_decay < 1 (each step keeps 1 - lr * weight_decay of "
          f"the adapter), got weight_decay {es.weight_decay} at lr {es.lr}"),
+        (not es.decay_to_base or es.weight_decay > 0,
+         "es.decay_to_base sets where es.weight_decay pulls; give es.weight_decay > 0 (the pull per step)"),
         (es.fitness in FITNESS_METHODS, f"es.fitness must be one of {', '.join(FITNESS_METHODS)}, got {es.fitness!r}"),
         (es.sigma_scale in SIGMA_SCALES,
          f"es.sigma_scale must be {' or '.join(SIGMA_SCALES)}, got {es.sigma_scale!r}"),
