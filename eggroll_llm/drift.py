@@ -182,13 +182,15 @@ def _names(runs: list[RunDelta]) -> list[str]:
 
 
 def drift(run_dirs: list[str | Path], out: str | Path | None = None, *, off_task: str | Path | None = None,
-          eval_limit: int | None = None, off_task_rows: int = DEFAULT_ROWS, pairs: bool = True, force: bool = False,
+          eval_limit: int | None = None, off_task_rows: int = DEFAULT_ROWS,
+          pairs: bool | list[tuple[int, int]] = True, interpolate: bool = True, force: bool = False,
           progress: bool = True) -> dict:
     """drift.json's content for `run_dirs` (one base model); written with plots into `out` when given.
 
-    `pairs`: also the cosine and interpolation of every pair of runs (compare --drift needs only the cosines and
-    computes them itself). `eval_limit`: held-out problems per evaluation (default: the runs' own eval_limit).
-    `off_task_rows`: rows of an embedded model's built-in off-task set (a file's rows are all used).
+    `pairs`: the pairs of runs (indices into `run_dirs`) to relate, every pair when True, none when False;
+    `interpolate` False gives them their cosine only, with "interpolation" None (what compare --drift needs).
+    `eval_limit`: held-out problems per evaluation (default: the runs' own eval_limit). `off_task_rows`: rows of an
+    embedded model's built-in off-task set (a file's rows are all used).
     """
     from tqdm.auto import tqdm
 
@@ -215,7 +217,9 @@ def drift(run_dirs: list[str | Path], out: str | Path | None = None, *, off_task
     probe = OffTaskProbe(base, tokenizer, off, configs[0].generation.max_new_tokens)
     task = TaskProbe(configs[0], tokenizer, eval_limit)
     labels = _names(runs)
-    todo = len(runs) + (len(runs) * (len(runs) - 1) // 2 * (len(ALPHAS) - 2) if pairs else 0)
+    if pairs is True:
+        pairs = list(itertools.combinations(range(len(runs)), 2))
+    todo = len(runs) + (len(pairs or []) * (len(ALPHAS) - 2) if interpolate else 0)
     bar = tqdm(total=todo, desc="drift", unit="model", disable=not progress, leave=False)
 
     def measure(model: nn.Module) -> dict:
@@ -232,15 +236,16 @@ def drift(run_dirs: list[str | Path], out: str | Path | None = None, *, off_task
                           **{k: v for k, v in stats.items() if k != "modules"}, **measured[label],
                           "recorded_eval_accuracy": recorded_accuracy(run), "modules": stats["modules"]}
     pair_list = []
-    if pairs:
-        for (la, a), (lb, b) in itertools.combinations(zip(labels, runs), 2):
-            path = []
+    for i, j in pairs or []:
+        (la, a), (lb, b) = (labels[i], runs[i]), (labels[j], runs[j])
+        path = [] if interpolate else None
+        if interpolate:
             for alpha in ALPHAS:
                 ends = {0.0: measured[la], 1.0: measured[lb]}
                 point = ends.get(alpha) or measure(with_final(base, [(a.final, 0.0), (b.final, alpha)]))
                 path.append({"alpha": alpha, "eval_accuracy": point["eval_accuracy"],
                              "off_task_kl": point["off_task_kl"]})
-            pair_list.append({"a": la, "b": lb, **cosine(a.delta, b.delta), "interpolation": path})
+        pair_list.append({"a": la, "b": lb, **cosine(a.delta, b.delta), "interpolation": path})
     bar.close()
     result = {"base_model": str(spec.name), "runs": per_run, "pairs": pair_list,
               "off_task": {"source": off.source, "rows": len(off.rows)},
@@ -284,7 +289,7 @@ def run_drift(args) -> int:
               f"(relative {r['relative_delta_norm'] or 0:.3g}), moved {r['moved_fraction']:.3g}, rank {rank}, "
               f"off-task KL {r['off_task_kl']:.4g}, loss change {r['off_task_loss_change']:+.4g}")
     for pair in result["pairs"]:
-        accs = " ".join(f"{p['eval_accuracy']:.3f}" for p in pair["interpolation"])
+        accs = " ".join(f"{p['eval_accuracy']:.3f}" for p in pair["interpolation"] or [])
         cos = "—" if pair["cosine"] is None else f"{pair['cosine']:.3f}"
         print(f"{pair['a']} ↔ {pair['b']}: cosine {cos}, accuracy along α=0..1: {accs}")
     print(f"drift written to {Path(args.out) / 'drift.json'}")

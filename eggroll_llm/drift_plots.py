@@ -31,10 +31,10 @@ def write_drift_plots(result: dict, out: Path) -> list[str]:
     ax.legend(fontsize=7)
     names = ["accuracy_vs_off_task_kl.png"]
     _save_figure(fig, out / names[-1])
-    if result["pairs"]:
+    if any(pair["interpolation"] for pair in result["pairs"]):
         fig = Figure(figsize=(9.6, 4.0))
         acc, kl = fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)
-        for pair in result["pairs"]:
+        for pair in (p for p in result["pairs"] if p["interpolation"]):
             alphas = [p["alpha"] for p in pair["interpolation"]]
             label = f"{pair['a']} → {pair['b']}"
             acc.plot(alphas, [p["eval_accuracy"] for p in pair["interpolation"]], marker="o", label=label)

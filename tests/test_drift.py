@@ -199,3 +199,25 @@ def test_off_task_files_read_jsonl_and_txt(off_task_file, tmp_path):
     bad.write_text('{"title": "x"}\n')
     with pytest.raises(ValueError, match="bad.jsonl:1 has no non-empty text or prompt field"):
         read_off_task_file(bad)
+
+
+def test_compare_drift_adds_group_intervals_seed_cosine_and_who_forgets_less(adapter_run, inplace_run, base,
+                                                                             tmp_path_factory, off_task_file):
+    from eggroll_llm.compare import compare
+
+    second = train(tmp_path_factory, "adapter-seed2", 2)
+    out = tmp_path_factory.mktemp("compare") / "out"
+    summary = compare([adapter_run, second, inplace_run], out, drift=True, off_task=off_task_file, eval_limit=2)
+    plain = compare([adapter_run, second, inplace_run], tmp_path_factory.mktemp("plain") / "out")
+    assert "drift" not in plain and set(summary) - set(plain) == {"drift"}  # compare's own schema is unchanged
+    adapter_group = summary["runs"][next(iter(summary["runs"]))]["group"]
+    seeds = summary["drift"]["groups"][adapter_group]
+    expected = cosine(run_delta(adapter_run, base).delta, run_delta(second, base).delta)["cosine"]
+    assert seeds["seed_cosine"]["n"] == 1 and seeds["seed_cosine"]["mean"] == pytest.approx(expected)
+    assert seeds["off_task_kl"]["n"] == 2 and seeds["delta_norm"]["mean"] > 0
+    for run in summary["runs"].values():
+        assert run["drift"]["off_task_kl"] > 0 and "modules" in run["drift"]
+    assert set(summary["drift"]["winners"]) == {"off_task_kl", "delta_norm"}
+    report = (out / "report.md").read_text()
+    assert "## Drift" in report and "forgets less" in report
+    assert (out / "accuracy_vs_off_task_kl.png").is_file()
