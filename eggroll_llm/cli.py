@@ -164,6 +164,7 @@ SUBCOMMANDS = {
     "eval": (__name__, "_add_eval"),
     "train": (__name__, "_add_train"),
     "compare": (".compare", "add_compare_parser"),
+    "drift": (".drift", "add_drift_parser"),
     "bench": (".bench", "add_bench_parser"),
     "export": (".export", "add_export_parser"),
     "push": (".push", "add_push_parser"),

@@ -310,8 +310,12 @@ def check_comparable(runs: list[Run], metric: str) -> list[str]:
 
 
 def compare(run_dirs: list[str | Path], out: str | Path = "compare", target: float | None = None,
-            labels: list[str] | None = None, force: bool = False) -> dict:
-    """Write report.md, the plots and summary.json into `out`; returns the summary (what summary.json holds)."""
+            labels: list[str] | None = None, force: bool = False, drift: bool = False,
+            off_task: str | Path | None = None, eval_limit: int | None = None) -> dict:
+    """Write report.md, the plots and summary.json into `out`; returns the summary (what summary.json holds).
+
+    `drift`: also what each run changed and forgot (compare_drift.py; `off_task` and `eval_limit` as in drift.py),
+    under summary["drift"] and runs.*.drift."""
     paths, out = [Path(p) for p in run_dirs], Path(out)
     check_output_folder(out, kind="compare report", markers=REPORT_MARKERS, protected=paths, force=force,
                         error=CompareError)
@@ -342,10 +346,19 @@ def compare(run_dirs: list[str | Path], out: str | Path = "compare", target: flo
         "groups": per_group, "winners": winners(per_group, axes, target, paired), "paired": paired,
         "runs": per_run, "notes": notes,
     }
+    if drift:
+        from .compare_drift import attach_drift, drift_winners
+
+        summary["drift"] = attach_drift(per_run, groups, off_task=off_task, eval_limit=eval_limit)
+        summary["drift"]["winners"] = drift_winners(summary["drift"]["groups"])
     summary = json.loads(json.dumps(summary, default=lambda iv: iv.as_dict()))
     with atomic_directory(out, overwrite=True) as tmp:  # a failure leaves the previous report (or nothing)
         images = write_plots({g: [(run.records, run.budgets) for run in members] for g, members in groups.items()},
                              metric, axes, target, tmp)
+        if drift:
+            from .compare_drift import write_drift_plot
+
+            images.append(write_drift_plot(summary, tmp))
         atomic_write_text(tmp / "report.md", render_report(summary, images))
         atomic_write_text(tmp / "summary.json", json.dumps(summary, indent=2) + "\n")
     return summary
@@ -365,6 +378,14 @@ def add_compare_parser(subparsers) -> None:
     p.add_argument("--target", "--target-accuracy", type=float, dest="target",
                    help="score for budget-to-target (an accuracy as a fraction, e.g. 0.6); default: the lowest of "
                         "the groups' mean best scores above the start")
+    p.add_argument("--drift", action="store_true",
+                   help="also what each run changed and forgot: off-task KL, ‖ΔW‖, effective rank, the cosine of "
+                        "ΔW across a group's seeds, and who forgets less (docs/compare.md, 'Drift')")
+    p.add_argument("--off-task", "--off_task", dest="off_task", type=Path,
+                   help="with --drift: off-task text, jsonl (text or prompt field) or txt (default for embedded "
+                        "models: held-out text of their own pretraining distribution)")
+    p.add_argument("--eval_limit", "--eval-limit", dest="eval_limit", type=int,
+                   help="with --drift: held-out problems per evaluation (default: the runs' data.eval_limit)")
     p.add_argument("--labels", help="comma-separated names, one per group in order of first appearance (default: "
                                     "method, plus the recipe keys that tell groups of one method apart)")
     p.set_defaults(func=run_compare)
@@ -372,7 +393,10 @@ def add_compare_parser(subparsers) -> None:
 
 def run_compare(args) -> int:
     labels = [label.strip() for label in args.labels.split(",")] if args.labels else None
-    summary = compare(args.runs, args.out, args.target, labels, force=args.force)
+    if (args.off_task or args.eval_limit is not None) and not args.drift:
+        raise ValueError("--off-task and --eval_limit measure drift: add --drift")
+    summary = compare(args.runs, args.out, args.target, labels, force=args.force, drift=args.drift,
+                      off_task=args.off_task, eval_limit=args.eval_limit)
     print(groups_table(summary), winners_table(summary), sep="\n\n")
     print(f"\nreport written to {Path(args.out) / 'report.md'}")
     return 0

@@ -163,6 +163,10 @@ def render_report(summary: dict, images: list[str]) -> str:
     ]
     if summary["paired"] and summary["paired"]["available"]:
         parts += ["\n## Paired comparison\n", paired_text(summary["paired"], kind)]
+    if "drift" in summary:
+        from .compare_drift import drift_section
+
+        parts += drift_section(summary)
     parts += ["\n## Runs\n", runs_table(summary), "\n## Curves\n",
               *[f"![{image.removesuffix('.png').replace('_', ' ')}]({image})\n" for image in images]]
     if summary["notes"]:

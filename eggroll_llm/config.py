@@ -138,6 +138,9 @@ class ESConfig:
     lr: float = _help("learning rate α of the ES step (1/σ is divided out, so α does not scale with σ or N)", 0.01)
     momentum: float = _help("SGD momentum (0 = plain SGD, the paper's choice)", 0.0)
     weight_decay: float = _help("decoupled decay of the adapter per step", 0.0)
+    decay_to_base: bool = _help("in place: es.weight_decay pulls the weights toward the base model's instead of 0, "
+                                "θ ← θ − lr·wd·(θ − θ_base) each step (an adapter's decay already pulls ΔW toward 0); "
+                                "a retention lever (docs/es.md)", False)
     fitness: str = _help("group_centered (paper §6.3), centered_rank, or none (the summed rewards as they are)",
                          "group_centered")
     sigma_scale: str = _help("absolute: every layer's noise is σ and its step lr; weight_rms: σ·RMS(W) and lr·RMS(W) "
@@ -215,6 +218,8 @@ class ESConfig:
             (es.optimizer in OPTIMIZERS, f"es.optimizer must be {' or '.join(OPTIMIZERS)}, got {es.optimizer!r}"),
             (es.optimizer == "sgd" or es.momentum == 0,
              "es.momentum is SGD's; es.optimizer adam keeps its own moments: set es.momentum: 0"),
+            (not es.decay_to_base or es.weight_decay > 0,
+             "es.decay_to_base sets where es.weight_decay pulls; give es.weight_decay > 0 (the pull per step)"),
         ])
 
 

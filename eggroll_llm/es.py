@@ -69,7 +69,8 @@ class EggrollES:
     the classic family).
     `fitness`: a name in fitness.FITNESS_METHODS or a callable (scores [N, J], prompt_ids [N, J]) -> [N] ("none"
     takes the scores as already shaped). `optimizer`: "sgd" / "adam" (with lr, momentum, weight_decay) or an
-    optim.Optimizer. The step counter is `step_index`.
+    optim.Optimizer. `decay_to_base` (in place): weight_decay pulls θ toward the starting weights instead of 0 (an
+    adapter's decay already pulls ΔW toward 0, i.e. toward the base). The step counter is `step_index`.
     """
 
     def __init__(self, model: nn.Module, *, population_size: int, sigma: float, lr: float, rank: int = 1,
@@ -78,7 +79,8 @@ class EggrollES:
                  target_modules: list[str] | str | None = None,
                  param_filter: Callable[[str, nn.Parameter], bool] | None = None, momentum: float = 0.0,
                  weight_decay: float = 0.0, fitness: str | FitnessShaping = "group_centered",
-                 sigma_scale: str = "absolute", optimizer: str | Optimizer = "sgd", include_frozen: bool = False):
+                 sigma_scale: str = "absolute", optimizer: str | Optimizer = "sgd", include_frozen: bool = False,
+                 decay_to_base: bool = False):
         if sigma_scale not in SIGMA_SCALES:
             raise ValueError(f"sigma_scale must be one of {', '.join(SIGMA_SCALES)}, got {sigma_scale!r}")
         if strategy is not None and not isinstance(strategy, str) and rank != 1:
@@ -95,7 +97,7 @@ class EggrollES:
         if adapter_rank is None:
             self.layers = {}
             self.targets = select_targets(model, target_modules, param_filter, include_frozen)
-            self.store = InPlaceStore(model, self.population, self.targets)
+            self.store = InPlaceStore(model, self.population, self.targets, decay_to_base)
         else:
             if param_filter is not None:
                 raise ValueError("adapter mode (adapter_rank=...) adapts the nn.Linear layers that target_modules "
@@ -121,7 +123,8 @@ class EggrollES:
                    adapter_rank=es.adapter_rank, strategy=es.strategy, antithetic=es.antithetic,
                    noise_reuse=es.noise_reuse, seed=seed, target_modules=targets, param_filter=param_filter,
                    momentum=es.momentum, weight_decay=es.weight_decay, fitness=es.fitness,
-                   sigma_scale=es.sigma_scale, optimizer=es.optimizer, include_frozen=True)
+                   sigma_scale=es.sigma_scale, optimizer=es.optimizer, include_frozen=True,
+                   decay_to_base=es.decay_to_base)
 
     @property
     def in_place(self) -> bool:

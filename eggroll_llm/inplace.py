@@ -6,7 +6,9 @@ The step's noise, the per-member writes and the update are the ES core's (es.py)
 - the forward hooks of the batched population forward (es_layers.py), with this store as their source of noise
   (the population's, drawn once per step) and of row groups;
 - the step θ ← θ + lr·d − lr·wd·θ (d: the optimizer's direction of the ES gradient), computed in fp32 and written in
-  the parameter's dtype. Parameters outside the targets are never written.
+  the parameter's dtype; with `decay_to_base` the decay pulls toward the starting weights θ₀ instead of 0,
+  θ ← θ + lr·d − lr·wd·(θ − θ₀), as an adapter's decay pulls ΔW toward 0 (a retention lever; θ₀ is kept, one more
+  copy of the targets). Parameters outside the targets are never written.
 """
 
 from __future__ import annotations
@@ -21,8 +23,10 @@ from .strategy import LowRankNoise, Noise, Target, lowrank_sum
 
 
 class InPlaceStore:
-    def __init__(self, model: nn.Module, population: Population, targets: dict[str, Target]):
+    def __init__(self, model: nn.Module, population: Population, targets: dict[str, Target],
+                 decay_to_base: bool = False):
         self.model, self.population, self.targets = model, population, targets
+        self.base = {name: t.param.detach().clone() for name, t in targets.items()} if decay_to_base else None
         self.seen: set[int] = set()                # target indices the batched forward perturbed this step
         self._plans: tuple[int, dict[torch.device, RowPlan]] = (-1, {})
         self.handles = [handle for hook in make_hooks(model, targets, self) for handle in hook.attach()]
@@ -59,7 +63,8 @@ class InPlaceStore:
     @torch.no_grad()
     def apply(self, target: Target, g: Tensor | LowRankNoise, coeffs: Tensor | None, optimizer: Optimizer,
               t: int) -> float:
-        """θ ← θ + lr·d − lr·wd·θ for one target; returns ‖Δθ‖². g: dense, or low-rank factors with `coeffs`."""
+        """θ ← θ + lr·d − lr·wd·θ (θ − θ₀ with decay_to_base) for one target; returns ‖Δθ‖². g: dense, or low-rank
+        factors with `coeffs`."""
         if coeffs is not None:
             g = lowrank_sum(target, g, coeffs)
         d = optimizer.direction(target.name, g, t)
@@ -72,7 +77,10 @@ class InPlaceStore:
         else:
             step = d * lr
             if wd:
-                step.sub_(p.detach().float(), alpha=lr * wd)
+                pulled = p.detach().float()
+                if self.base is not None:
+                    pulled = pulled - self.base[target.name].float()  # .float() of fp32 is p itself: no -=
+                step.sub_(pulled, alpha=lr * wd)
             p.add_(step.to(p.dtype))
             flat, scale = step.reshape(-1), 1.0
         return scale ** 2 * float(torch.dot(flat, flat))

@@ -92,6 +92,37 @@ def generate_problem(rng: random.Random, difficulty: Difficulty = Difficulty()) 
     return {"question": " ".join(sentences), "answer": "\n".join(steps) + f"\n#### {value}"}
 
 
+# How the embedded base model was trained (scripts/train_tiny_model.py's defaults): its pretraining distribution.
+SHIPPED_MODEL = {"seed": 0, "train_examples": 20000, "direct_fraction": 0.6}
+
+
+def sft_answer(row: dict[str, str], direct: bool) -> str:
+    """The base model's training target: the worked steps and '#### N', or, when `direct`, a careless answer without
+    working.
+
+    The careless answer stops after the first operation ('#### ' + the first step's result): right on 1-step
+    problems, wrong on longer ones. This gives the base model the weakness RL fixes in real LLMs, answering
+    without showing the work, as one low-dimensional choice (the first answer token) that a reward can reveal.
+    """
+    return "#### " + row["answer"].split("\n", 1)[0].rsplit("=", 1)[1] if direct else row["answer"]
+
+
+def pretraining_held_out(n: int, seed: int = 1) -> list[dict[str, str]]:
+    """`n` rows {question, answer} of the embedded model's pretraining distribution that it never trained on: train
+    split problems drawn with another seed, minus the shipped model's training questions, each answered in the style
+    its training mixed in (`sft_answer`, careless with probability SHIPPED_MODEL["direct_fraction"]). Deterministic
+    in (n, seed)."""
+    if seed == SHIPPED_MODEL["seed"]:
+        raise ValueError(f"seed {seed} draws the shipped model's own training problems; pick another seed")
+    trained = {row["question"] for row in make_split("train", SHIPPED_MODEL["train_examples"], SHIPPED_MODEL["seed"])}
+    rng = random.Random(f"direct/held-out/{seed}")
+    rows = [row for row in make_split("train", n + len(trained) // 10, seed) if row["question"] not in trained][:n]
+    if len(rows) < n:
+        raise ValueError(f"only {len(rows)} held-out tiny-arith problems found; ask for fewer")
+    return [{"question": row["question"], "answer": sft_answer(row, rng.random() < SHIPPED_MODEL["direct_fraction"])}
+            for row in rows]
+
+
 def split_of(question: str) -> str:
     """The split a question belongs to, from a stable hash of its text."""
     bucket = int.from_bytes(hashlib.blake2b(question.encode(), digest_size=8).digest(), "big") % 100

@@ -36,6 +36,7 @@ from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
 
 from eggroll_llm import tiny_arith
 from eggroll_llm.data import format_prompt
+from eggroll_llm.tiny_arith import SHIPPED_MODEL, sft_answer
 
 SPECIAL = ["<|pad|>", "<|end|>", "<|user|>", "<|assistant|>", "<|system|>"]
 CHAT_TEMPLATE = (
@@ -56,16 +57,6 @@ def build_tokenizer(texts: list[str], vocab_size: int) -> PreTrainedTokenizerFas
                                    model_max_length=512, padding_side="left")
     fast.chat_template = CHAT_TEMPLATE
     return fast
-
-
-def sft_answer(row: dict[str, str], direct: bool) -> str:
-    """The target text: the worked steps and '#### N', or, when `direct`, a careless answer without working.
-
-    The careless answer stops after the first operation ('#### ' + the first step's result): right on 1-step
-    problems, wrong on longer ones. This gives the base model the weakness RL fixes in real LLMs, answering
-    without showing the work, as one low-dimensional choice (the first answer token) that a reward can reveal.
-    """
-    return "#### " + row["answer"].split("\n", 1)[0].rsplit("=", 1)[1] if direct else row["answer"]
 
 
 def encode_examples(tokenizer, rows, direct_fraction: float, seed: int) -> list[tuple[list[int], int]]:
@@ -115,7 +106,7 @@ def greedy_accuracy(model, tokenizer, rows, max_new_tokens: int = 48) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, required=True, help="folder to write the model and tokenizer to")
-    parser.add_argument("--seed", type=int, default=0, help="fixes data, init and batch order")
+    parser.add_argument("--seed", type=int, default=SHIPPED_MODEL["seed"], help="fixes data, init and batch order")
     parser.add_argument("--steps", type=int, default=1300, help="optimizer steps (the accuracy knob; 1300 -> the "
                         "shipped model, 40.4%% on the test split)")
     parser.add_argument("--batch-size", type=int, default=64)
@@ -126,10 +117,10 @@ def main() -> None:
     parser.add_argument("--eval-every", type=int, default=0,
                         help="also score --eval-examples test problems and save a snapshot to OUT/step-N every N "
                              "steps (0: only at the end); picks --steps without retraining")
-    parser.add_argument("--direct-fraction", type=float, default=0.6,
+    parser.add_argument("--direct-fraction", type=float, default=SHIPPED_MODEL["direct_fraction"],
                         help="share of training answers that skip the worked steps (careless: '#### ' + the first "
                              "step's result); 0 trains on worked solutions only")
-    parser.add_argument("--train-examples", type=int, default=20000)
+    parser.add_argument("--train-examples", type=int, default=SHIPPED_MODEL["train_examples"])
     parser.add_argument("--eval-examples", type=int, default=500, help="test problems scored at the end")
     parser.add_argument("--vocab-size", type=int, default=384)
     parser.add_argument("--hidden", type=int, default=128)
