@@ -65,6 +65,8 @@ def _run_eval(args) -> int:
 
     if args.batch_size < 1:
         raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
+    if args.limit is not None and args.limit < 1:
+        raise ValueError(f"--limit must be >= 1, got {args.limit}")
     if args.long_prompts not in LONG_PROMPTS:
         raise ValueError(f"--long-prompts must be one of {', '.join(LONG_PROMPTS)}, got {args.long_prompts!r}")
     task = args.task or (None if args.rewards or args.data else "tiny-arith")
