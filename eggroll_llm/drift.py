@@ -132,7 +132,7 @@ class TaskProbe:
     def __init__(self, config, tokenizer, eval_limit: int | None):
         from dataclasses import replace
 
-        from .inputs import PromptSet, RewardSet
+        from .inputs import PromptSet, RewardSet, wants_accuracy
         from .recipe import recipe_datasets
 
         if eval_limit is not None:
@@ -141,6 +141,7 @@ class TaskProbe:
         self.tokenizer, self.max_new_tokens = tokenizer, config.generation.max_new_tokens
         self.eval_set = PromptSet(held_out, tokenizer, "eval_dataset")
         self.rewards = RewardSet(config.rewards, config.reward_weights)
+        self.with_accuracy = wants_accuracy(self.rewards, config.data)  # as the run's own evaluations
 
     def accuracy(self, model: nn.Module) -> float:
         """eval_accuracy where the task has gold answers, else eval_reward."""
@@ -148,7 +149,7 @@ class TaskProbe:
         from .evaluate import held_out_metrics
 
         metrics = held_out_metrics(HFEngine(model, self.tokenizer), self.eval_set, self.rewards,
-                                   max_new_tokens=self.max_new_tokens)
+                                   max_new_tokens=self.max_new_tokens, accuracy=self.with_accuracy)
         return metrics.get("eval_accuracy", metrics["eval_reward"])
 
 

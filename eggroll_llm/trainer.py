@@ -182,8 +182,12 @@ class EggrollTrainer:
         prompts_per_step = int(slots.max()) + 1
         mine = self.row_shards[processes.rank]                          # this process's rows of the layout
         gen, clock = args.generation, BUDGET_CLOCKS[args.budget_clock]
-        bar = tqdm(total=args.max_steps, initial=state.step, desc="eggroll", unit="step",
-                   disable=args.disable_tqdm or not processes.is_main)
+        by_time = args.max_wall_s is not None  # the bar counts toward the limit that ends the run: seconds or steps
+        seconds = "{l_bar}{bar}| {n:.0f}/{total:.0f} s of training [{elapsed}{postfix}]"
+        bar = tqdm(total=args.max_wall_s if by_time else args.max_steps,
+                   initial=round(state.wall_s, 1) if by_time else state.step, desc="eggroll",
+                   unit="s" if by_time else "step", disable=args.disable_tqdm or not processes.is_main,
+                   bar_format=seconds if by_time else None)
         while state.step < args.max_steps and (args.max_wall_s is None or state.wall_s < args.max_wall_s):
             start = clock()
             population = self.es.ask()
@@ -228,10 +232,11 @@ class EggrollTrainer:
                     self.save(run_dir, state)
             if stopping:
                 raise Interrupted(state.step, stop.requested or signal.SIGTERM)
-            bar.update(1)
+            bar.update(round(step_s, 1) if by_time else 1)
             shown = last_eval.get("eval_accuracy", last_eval.get("eval_reward", float("nan")))
-            bar.set_postfix(reward=f"{record['reward_mean']:.3f}", eval=f"{shown:.3f}",
+            bar.set_postfix(step=state.step, reward=f"{record['reward_mean']:.3f}", eval=f"{shown:.3f}",
                             tok_s=f"{record['tokens_per_s']:.0f}")
+        bar.total = bar.n  # the run is over, whichever limit ended it: the bar ends full
         bar.close()
 
     def _generate(self, prompt_ids: list, sampling: SamplingParams, members: torch.Tensor, first_row: int) -> list:

@@ -31,7 +31,7 @@ def train(tmp_path_factory, name, seed, **es):
                                 "rewards": ["gsm8k", "toy_rewards:length_reward"], "max_steps": 2, "eval_every": 2,
                                 "save_every": 2, "data": {"eval_limit": 6}, "generation": {"max_new_tokens": 24},
                                 "es": {**ES, **es}, "disable_tqdm": True})
-    return run_recipe(config)
+    return run_recipe(config).run_dir
 
 
 @pytest.fixture(scope="module")
