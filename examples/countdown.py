@@ -61,11 +61,11 @@ def main(argv: list[str] | None = None) -> None:
     trainer = EggrollTrainer(model="tiny-arith", reward_funcs=["countdown", "countdown_format", closeness_reward],
                              train_dataset=train, eval_dataset=held_out, args=config)
     try:
-        run_dir = trainer.train(resume_from_checkpoint=args.resume)
+        output = trainer.train(resume_from_checkpoint=args.resume)  # a TrainOutput, as TRL's train()
     except FileExistsError as err:  # the folder holds a run: say so in one line (the fix: --resume)
         raise SystemExit(f"countdown.py: error: {err}") from None
-    print(f"run written to {run_dir}: metrics.jsonl (eval_reward, eval_reward/<function>), eval/, checkpoints/, "
-          "adapter/")
+    print(f"step {output.global_step}: eval_reward {output.metrics['eval_reward']:.3f}; run written to "
+          f"{output.run_dir}: metrics.jsonl (eval_reward, eval_reward/<function>), eval/, checkpoints/, adapter/")
 
 
 if __name__ == "__main__":
