@@ -5,6 +5,8 @@ import importlib.util
 import json
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 QUICK = ["--", "--data.eval_limit", "4", "--generation.max_new_tokens", "8", "--eval_every", "1",
          "--save_every", "1"]
@@ -17,6 +19,7 @@ def load_study():
     return module
 
 
+@pytest.mark.integration  # eight trainings in fresh processes
 def test_study_sweeps_runs_records_and_resumes(tmp_path):
     study = load_study()
     out, runs = tmp_path / "out", tmp_path / "runs"
@@ -44,6 +47,7 @@ def test_study_sweeps_runs_records_and_resumes(tmp_path):
     assert {path: path.stat().st_mtime_ns for path in runs.glob("*/metrics.jsonl")} == finished
 
 
+@pytest.mark.integration
 def test_one_lr_runs_no_sweep(tmp_path):
     study = load_study()
     runs = tmp_path / "runs"
