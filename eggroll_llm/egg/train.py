@@ -42,7 +42,7 @@ class EggTrainConfig:
     max_wall_s: float | None = field(default=None, metadata={"help": "stop after this many seconds (evaluation "
                                                                         "included), whichever comes first"})
     # Population and data
-    population_size: int = field(default=128, metadata={"help": "members per step N (even: antithetic pairs)"})
+    population_size: int = field(default=512, metadata={"help": "members per step N (even: antithetic pairs)"})
     group_size: int = field(default=2, metadata={"help": "members that read the same text window (even, divides N)"})
     seq_len: int = field(default=64, metadata={"help": "bytes each member predicts per step"})
     # Integer EGGROLL
