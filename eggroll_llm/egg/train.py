@@ -139,6 +139,7 @@ def train(config: EggTrainConfig, resume: bool = False) -> Path:
                  "train_bytes": len(text.train), "val_bytes": len(text.val), "train_files": text.train_files,
                  "val_files": text.val_files, "source": text.source,
                  "val_bits_per_byte": validation_bits_per_byte(params, config.model, val), **baselines})
+        save_checkpoint(run_dir, 0, params, {"wall_s": 0.0, "member_tokens": 0})  # resumable from the start
     shapes = config.model.shapes()
     n, windows = config.population_size, config.population_size // config.group_size
     bar = tqdm(total=None if config.max_wall_s else config.max_steps, initial=step, disable=config.no_progress,
