@@ -243,6 +243,10 @@ def test_resume_is_exact(tmp_path):
     steps = lambda run: [tuple(r.get(k) for k in keys) for r in _records(run)]  # noqa: E731
     assert steps(straight) == steps(cut) and len(steps(straight)) == 7
     assert _records(straight)[-1] == _records(cut)[-1]  # the final evaluation too
+    early = train(_config(tmp_path, "c", max_steps=1, checkpoint_every=100))  # only step 0 and the end saved
+    (early / "checkpoints" / "step-000001").rename(early / "checkpoints" / "step-killed")  # as if killed at step 1
+    resumed_early = train(_config(tmp_path, "c", max_steps=6), resume=True)
+    assert steps(resumed_early) == steps(straight)
 
 
 def test_toy_text_drops_well_below_unigram(tmp_path):

@@ -29,8 +29,8 @@ class EggConfigError(ValueError):
 class EggConfig:
     """Size of an EGG model. All matrices are int8; the parameter count is about layers·(2+2·mlp_mult)·hidden²."""
 
-    hidden: int = field(default=128, metadata={"help": "width of the residual stream and the recurrent state"})
-    layers: int = field(default=2, metadata={"help": "number of [minGRU, MLP] blocks"})
+    hidden: int = field(default=64, metadata={"help": "width of the residual stream and the recurrent state"})
+    layers: int = field(default=1, metadata={"help": "number of [minGRU, MLP] blocks"})
     mlp_mult: int = field(default=2, metadata={"help": "MLP width = mlp_mult x hidden"})
 
     def __post_init__(self):

@@ -42,7 +42,7 @@ class EggTrainConfig:
     max_wall_s: float | None = field(default=None, metadata={"help": "stop after this many seconds (evaluation "
                                                                         "included), whichever comes first"})
     # Population and data
-    population_size: int = field(default=128, metadata={"help": "members per step N (even: antithetic pairs)"})
+    population_size: int = field(default=512, metadata={"help": "members per step N (even: antithetic pairs)"})
     group_size: int = field(default=2, metadata={"help": "members that read the same text window (even, divides N)"})
     seq_len: int = field(default=64, metadata={"help": "bytes each member predicts per step"})
     # Integer EGGROLL
@@ -139,6 +139,7 @@ def train(config: EggTrainConfig, resume: bool = False) -> Path:
                  "train_bytes": len(text.train), "val_bytes": len(text.val), "train_files": text.train_files,
                  "val_files": text.val_files, "source": text.source,
                  "val_bits_per_byte": validation_bits_per_byte(params, config.model, val), **baselines})
+        save_checkpoint(run_dir, 0, params, {"wall_s": 0.0, "member_tokens": 0})  # resumable from the start
     shapes = config.model.shapes()
     n, windows = config.population_size, config.population_size // config.group_size
     bar = tqdm(total=None if config.max_wall_s else config.max_steps, initial=step, disable=config.no_progress,
