@@ -43,5 +43,5 @@ def test_countdown_example_learns_in_its_two_minutes(tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     success = [r["eval_reward/countdown_reward"] for r in records if "eval_reward/countdown_reward" in r]
-    assert records[-1]["wall_s"] <= 130
+    assert records[-2]["wall_s"] < 120 <= records[-1]["wall_s"]  # stopped by its 2-minute budget, at a step's end
     assert success[-1] > success[0]  # more of the 64 held-out problems solved (+2 under heavy load, docs/results.md)
