@@ -196,7 +196,7 @@ def drift(run_dirs: list[str | Path], out: str | Path | None = None, *, off_task
     from tqdm.auto import tqdm
 
     from .config import load_config
-    from .drift_weights import DriftError, cosine, delta_stats, run_delta
+    from .drift_weights import DriftError, cosine, delta_stats, run_delta, shared_names
     from .models import load_model, load_tokenizer
 
     paths = [Path(p) for p in run_dirs]
@@ -246,7 +246,7 @@ def drift(run_dirs: list[str | Path], out: str | Path | None = None, *, off_task
                 point = ends.get(alpha) or measure(with_final(base, [(a.final, 0.0), (b.final, alpha)]))
                 path.append({"alpha": alpha, "eval_accuracy": point["eval_accuracy"],
                              "off_task_kl": point["off_task_kl"]})
-        pair_list.append({"a": la, "b": lb, **cosine(a.delta, b.delta), "interpolation": path})
+        pair_list.append({"a": la, "b": lb, **cosine(a.delta, b.delta, shared_names(base)), "interpolation": path})
     bar.close()
     result = {"base_model": str(spec.name), "runs": per_run, "pairs": pair_list,
               "off_task": {"source": off.source, "rows": len(off.rows)},

@@ -86,9 +86,28 @@ def delta_stats(delta: dict[str, Tensor], base: nn.Module) -> dict:
             "effective_rank": statistics.median(ranks) if ranks else None, "modules": modules}
 
 
-def cosine(a: dict[str, Tensor], b: dict[str, Tensor]) -> dict:
+def shared_names(base: nn.Module) -> dict[str, str]:
+    """Every other name of a parameter shared between modules (a tied output head: `lm_head.weight`) -> the name
+    named_parameters gives it (`model.embed_tokens.weight`): one matrix of the base, whichever name a run moved."""
+    first: dict[int, str] = {}
+    aliases = {}
+    for name, p in base.named_parameters(remove_duplicate=False):
+        if id(p) in first:
+            aliases[name] = first[id(p)]
+        else:
+            first[id(p)] = name
+    return aliases
+
+
+def cosine(a: dict[str, Tensor], b: dict[str, Tensor], aliases: dict[str, str] | None = None) -> dict:
     """Cosine of two runs' ΔW over every parameter either changed (one left alone counts as 0 there): "cosine"
-    overall and per parameter under "modules" (None where one of them is zero)."""
+    overall and per parameter under "modules" (None where one of them is zero). `aliases` (shared_names) compares a
+    tied head's change with a change to the matrix it shares, unless the run changed that matrix itself too."""
+    def canonical(delta: dict[str, Tensor]) -> dict[str, Tensor]:
+        return {(aliases or {}).get(n, n) if (aliases or {}).get(n) not in delta else n: d for n, d in delta.items()}
+
+    a, b = canonical(a), canonical(b)
+
     def cos(dot: float, na: float, nb: float) -> float | None:
         return dot / math.sqrt(na * nb) if na > 0 and nb > 0 else None
 

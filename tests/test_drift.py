@@ -12,7 +12,15 @@ import yaml
 from eggroll_llm import cli
 from eggroll_llm.config import load_config
 from eggroll_llm.drift import OffTaskProbe, drift, with_final
-from eggroll_llm.drift_weights import _peft_deltas, cosine, delta_stats, effective_rank, module_stats, run_delta
+from eggroll_llm.drift_weights import (
+    _peft_deltas,
+    cosine,
+    delta_stats,
+    effective_rank,
+    module_stats,
+    run_delta,
+    shared_names,
+)
 from eggroll_llm.export import load_run, merge_into_base
 from eggroll_llm.models import load_model, load_tokenizer
 from eggroll_llm.off_task import OFF_TASK_SETS, read_off_task_file
@@ -122,6 +130,15 @@ def test_cosine_counts_a_parameter_one_run_left_alone_as_zero():
     assert only_x["cosine"] == pytest.approx(1 / 2 ** 0.5) and only_x["modules"] == {"x": pytest.approx(1.0),
                                                                                       "y": None}
     assert cosine({"x": torch.tensor([1.0, 0.0])}, {"x": torch.tensor([0.0, 5.0])})["cosine"] == 0.0
+
+
+def test_a_tied_heads_change_is_compared_with_the_matrix_it_shares(base):
+    aliases = shared_names(base)
+    assert aliases == {"lm_head.weight": "model.embed_tokens.weight"}
+    head = torch.randn(base.lm_head.weight.shape, generator=torch.Generator().manual_seed(0))
+    tied = cosine({"lm_head.weight": head}, {"model.embed_tokens.weight": 2 * head}, aliases)
+    assert tied["cosine"] == pytest.approx(1.0) and set(tied["modules"]) == {"model.embed_tokens.weight"}
+    assert cosine({"lm_head.weight": head}, {"model.embed_tokens.weight": 2 * head})["cosine"] == 0.0  # no aliases
 
 
 def test_kl_is_zero_for_the_base_and_positive_after_a_perturbation(base, off_task_file):
