@@ -492,3 +492,12 @@ def test_seeds_differing_only_in_run_only_keys_form_one_group(tmp_path):
     summary = compare(runs, tmp_path / "out")
     assert list(summary["groups"]) == ["eggroll"]
     assert summary["groups"]["eggroll"]["seeds"] == [0, 1, 2]
+
+
+def test_a_key_missing_from_an_older_config_counts_as_its_default(tmp_path):
+    """A run written before a config key existed groups with one that holds the key at its default value."""
+    runs = [write_run(tmp_path / "a", seed=0, accuracies=[0.4, 0.5], config={"es": {"strategy": "eggroll"}}),
+            write_run(tmp_path / "b", seed=1, accuracies=[0.4, 0.6]),
+            write_run(tmp_path / "c", seed=2, accuracies=[0.4, 0.7], config={"es": {"strategy": "openai_es"}})]
+    summary = compare(runs, tmp_path / "out")
+    assert [group["seeds"] for group in summary["groups"].values()] == [[0, 1], [2]]
