@@ -126,7 +126,7 @@ def test_a_process_clock_budget_stops_on_the_runs_own_clock(tmp_path, monkeypatc
     es = {"strategy": "eggroll", "adapter_rank": 2, "antithetic": True, "population_size": 2,
           "members_per_prompt": 2, "prompts_per_member": 1}
     run = run_recipe(config(tmp_path / "run", steps=20, es=es, budget_clock="process", max_wall_s=150.0,
-                            generation={"max_new_tokens": 4})).run_dir
+                            generation={"max_new_tokens": 4}, disable_tqdm=False)).run_dir  # the bar overshoots too
     records = untimed(run / "metrics.jsonl")
     assert [r["step"] for r in records] == [0, 1, 2]          # 100 "seconds" a step: the budget ends after two
     assert json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])["wall_s"] == 200.0
