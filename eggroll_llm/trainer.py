@@ -184,7 +184,7 @@ class EggrollTrainer:
         gen, clock = args.generation, BUDGET_CLOCKS[args.budget_clock]
         by_time = args.max_wall_s is not None  # the bar counts toward the limit that ends the run: seconds or steps
         # the budget is written in, not read from tqdm's total, which tqdm drops once n runs past it
-        seconds = f"{{l_bar}}{{bar}}| {{n:.0f}}/{args.max_wall_s:.0f} s of training [{{elapsed}}{{postfix}}]"
+        seconds = f"{{l_bar}}{{bar}}| {{n:.0f}}/{args.max_wall_s or 0:.0f} s of training [{{elapsed}}{{postfix}}]"
         bar = tqdm(total=args.max_wall_s if by_time else args.max_steps,
                    initial=round(state.wall_s, 1) if by_time else state.step, desc="eggroll",
                    unit="s" if by_time else "step", disable=args.disable_tqdm or not processes.is_main,
