@@ -126,7 +126,7 @@ def test_an_export_loads_as_a_lora_request_and_matches_hf_with_the_adapter(setup
                                 "generation": {"max_new_tokens": 48},
                                 "es": {"population_size": 4, "members_per_prompt": 2, "prompts_per_member": 4,
                                        "sigma": 0.1, "lr": 0.05, "adapter_rank": 2}})
-    run = run_recipe(config)
+    run = run_recipe(config).run_dir
     out = export_run(run, tmp_path / "export")
     assert out["rank"] == 8  # padded to vLLM's next rank; the fixture's engine serves up to max_lora_rank 8
     tokenizer = setup["tokenizer"]

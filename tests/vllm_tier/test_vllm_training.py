@@ -23,7 +23,7 @@ def run(tmp_path, engine):
                                 "generation": {"engine": engine, "max_new_tokens": 48},
                                 "es": {"population_size": 8, "members_per_prompt": 4, "prompts_per_member": 2,
                                        "sigma": 0.05, "lr": 0.05, "adapter_rank": 4}})
-    out = run_recipe(config)  # toy_rewards:length_reward separates members even when none answers right
+    out = run_recipe(config).run_dir  # toy_rewards:length_reward separates members even when none answers right
     return [{k: v for k, v in json.loads(line).items() if k not in TIMING_KEYS}
             for line in (out / "metrics.jsonl").read_text().splitlines()]
 
