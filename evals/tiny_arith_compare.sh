@@ -4,9 +4,10 @@
 # held-out problems, then the comparison report (means with 95% intervals over seeds, docs/compare.md). The
 # methods' runs of one seed go at once, one CPU thread each, so on a 2-core machine two runs have one core each
 # for the same 10 minutes; the seeds run one after another. --recipes picks other recipes/tiny-arith-NAME.yaml
-# (evals/three_way_compare.sh runs eggroll-blocks,es-fullrank,grpo).
+# (evals/three_way_compare.sh runs eggroll-blocks,es-fullrank,grpo). --task tiny-countdown runs
+# recipes/tiny-countdown-NAME.yaml instead, scored on Countdown (evals/countdown_compare.sh).
 #   bash evals/tiny_arith_compare.sh [--seeds K] [--eval-limit N] [--results DIR] [--recipes A,B,...]
-#                                    [--seeds-at-once] [RUNS_DIR] [-- OVERRIDE ...]
+#                                    [--task tiny-arith|tiny-countdown] [--seeds-at-once] [RUNS_DIR] [-- OVERRIDE ...]
 # --seeds-at-once starts every seed's runs together instead of one seed after another (with budget_clock: process,
 # each run still gets its own budget of CPU seconds, however many share the machine).
 #   (about 20 minutes a seed on a 2-core CPU, an hour for 3: evaluating 500 problems every 5 steps adds to the
@@ -19,11 +20,13 @@
 # Rerunning with the same RUNS_DIR keeps every run that finished (its log ends "run written to") and starts again
 # any run that was interrupted, so a stopped script picks up where it left off.
 set -euo pipefail
-usage="usage: bash evals/tiny_arith_compare.sh [--seeds K] [--eval-limit N] [--results DIR] [--recipes A,B] \
-[--seeds-at-once] [RUNS_DIR] [-- OVERRIDE…]"
+script=${COMPARE_COMMAND:-evals/tiny_arith_compare.sh}
+usage="usage: bash ${script%% *} [--seeds K] [--eval-limit N] [--results DIR] \
+[--recipes A,B] [--task tiny-arith|tiny-countdown] [--seeds-at-once] [RUNS_DIR] [-- OVERRIDE…]"
 together=0
 command="bash ${COMPARE_COMMAND:-evals/tiny_arith_compare.sh $*}"
 recipes=eggroll,grpo
+task=tiny-arith
 seeds=3
 limit=500
 results=evals/results/tiny-arith-compare
@@ -31,9 +34,11 @@ runs=""
 overrides=()
 while (($#)); do
   case $1 in
-    --seeds | --eval-limit | --results | --recipes)
+    --seeds | --eval-limit | --results | --recipes | --task)
       (($# > 1)) || { echo "$1 needs a value; $usage" >&2; exit 2; }
-      case $1 in --seeds) seeds=$2 ;; --eval-limit) limit=$2 ;; --results) results=$2 ;; --recipes) recipes=$2 ;; esac
+      case $1 in
+        --seeds) seeds=$2 ;; --eval-limit) limit=$2 ;; --results) results=$2 ;; --recipes) recipes=$2 ;; --task) task=$2 ;;
+      esac
       shift 2 ;;
     --seeds-at-once) together=1; shift ;;
     --) shift; overrides=("$@"); break ;;
@@ -45,10 +50,15 @@ if ! [[ $seeds =~ ^[1-9][0-9]*$ && $limit =~ ^[1-9][0-9]*$ ]]; then
   echo "--seeds and --eval-limit take a positive count; $usage" >&2
   exit 2
 fi
+case $task in  # what evaluates a run of the task, and what tells its answer styles apart (evals/diagnostics/)
+  tiny-arith) eval=(eggroll-llm eval) modes=(answer_modes evals/diagnostics/answer_modes.py) ;;
+  tiny-countdown) eval=(eggroll-llm eval --task countdown) modes=(search_modes evals/diagnostics/countdown_modes.py) ;;
+  *) echo "--task takes tiny-arith or tiny-countdown, got '$task'; $usage" >&2; exit 2 ;;
+esac
 cd "$(dirname "$0")/.."
 IFS=, read -r -a methods <<< "$recipes"
 for m in "${methods[@]}"; do
-  [[ -f recipes/tiny-arith-$m.yaml ]] || { echo "--recipes: no recipes/tiny-arith-$m.yaml; $usage" >&2; exit 2; }
+  [[ -f recipes/$task-$m.yaml ]] || { echo "--recipes: no recipes/$task-$m.yaml; $usage" >&2; exit 2; }
 done
 runs=${runs:-runs/compare-$(date +%Y%m%d-%H%M%S)}
 mkdir -p "$runs"
@@ -58,7 +68,7 @@ train() {  # train METHOD SEED: one run in the background, its pid in $pid (none
   pid=""
   if finished "$1" "$2"; then echo "keeping $runs/$1-seed$2 (finished)"; return; fi
   rm -rf "${runs:?}/$1-seed$2"  # an interrupted run starts again from scratch, at the same seed
-  eggroll-llm train "recipes/tiny-arith-$1.yaml" --seed "$2" --output_dir "$runs/$1-seed$2" \
+  eggroll-llm train "recipes/$task-$1.yaml" --seed "$2" --output_dir "$runs/$1-seed$2" \
     --data.eval_limit "$limit" --no-progress "${overrides[@]}" > "$runs/$1-seed$2.log" 2>&1 &
   pid=$!
 }
@@ -77,25 +87,27 @@ for m in "${methods[@]}"; do
   for ((seed = 0; seed < seeds; seed++)); do dirs+=("$runs/$m-seed$seed"); done
 done
 eggroll-llm compare "${dirs[@]}" --out "$results" --force
-# what each run changed: the share of greedy held-out answers that show their work (evals/diagnostics/answer_modes.py)
-eggroll-llm eval --split validation --limit "$limit" --json --out "$runs/base.eval.jsonl" > /dev/null
+# what each run changed: tiny-arith, the share of greedy held-out answers that show their work; tiny-countdown, the
+# share of 4-number answers whose worked search stops short (the diagnostics script named in $modes)
+eval+=(--split validation --limit "$limit" --json)
+"${eval[@]}" --model "$task" --out "$runs/base.eval.jsonl" > /dev/null
 for dir in "${dirs[@]}"; do  # what the run trained: an adapter, or (full-parameter runs) the whole model
-  if [[ -d $dir/adapter ]]; then trained=(--adapter "$dir/adapter"); else trained=(--model "$dir/model"); fi
-  eggroll-llm eval "${trained[@]}" --split validation --limit "$limit" --json --out "$dir.eval.jsonl" > /dev/null
+  if [[ -d $dir/adapter ]]; then trained=(--model "$task" --adapter "$dir/adapter"); else trained=(--model "$dir/model"); fi
+  "${eval[@]}" "${trained[@]}" --out "$dir.eval.jsonl" > /dev/null
 done
-python evals/diagnostics/answer_modes.py "$runs/base.eval.jsonl" "${dirs[@]/%/.eval.jsonl}" > "$runs/answer_modes.jsonl"
-python - "$runs" "$results" "$command" <<'PY'
+python "${modes[1]}" "$runs/base.eval.jsonl" "${dirs[@]/%/.eval.jsonl}" > "$runs/${modes[0]}.jsonl"
+python - "$runs" "$results" "$command" "${modes[0]}" <<'PY'
 import json, os, platform, sys
 import torch
-runs, results, command = sys.argv[1:]
+runs, results, command, key = sys.argv[1:]
 summary = json.load(open(os.path.join(results, "summary.json")))
-modes = [json.loads(line) for line in open(os.path.join(runs, "answer_modes.jsonl"))]
+modes = [json.loads(line) for line in open(os.path.join(runs, key + ".jsonl"))]
 names = ["base", *(os.path.basename(m["records"]).removesuffix(".eval.jsonl") for m in modes[1:])]
-summary["answer_modes"] = {name: {k: v for k, v in m.items() if k != "records"} for name, m in zip(names, modes)}
+summary[key] = {name: {k: v for k, v in m.items() if k != "records"} for name, m in zip(names, modes)}
 summary["machine"] = {"platform": platform.platform(), "processor": platform.processor(), "cpus": os.cpu_count(),
                       "torch": torch.__version__, "threads_per_run": 1}
 summary["runs_dir"] = runs
 summary["command"] = command
 json.dump(summary, open(results.rstrip("/") + ".json", "w"), indent=2)
 PY
-echo "report: $results/report.md; summary with answer styles and machine: ${results%/}.json"
+echo "report: $results/report.md; summary with ${modes[0]//_/ } and machine: ${results%/}.json"
