@@ -37,10 +37,24 @@ def tiny_arith_off_task(tokenizer, n: int) -> list[dict]:
             for row in pretraining_held_out(n)]
 
 
+def tiny_countdown_off_task(tokenizer, n: int) -> list[dict]:
+    """Held-out Countdown problems of the embedded tiny-countdown model's pretraining distribution, prompted and
+    answered as it was trained (tiny_countdown.pretraining_held_out): careful or careless worked searches."""
+    from .countdown import countdown_prompt
+    from .data import render_prompt
+    from .tiny_countdown import pretraining_held_out
+
+    return [{"prompt": render_prompt(tokenizer, [{"role": "user", "content": countdown_prompt(row["nums"],
+                                                                                              row["target"])}]),
+             "completion": row["answer"]} for row in pretraining_held_out(n)]
+
+
 # embedded model name -> (description, generator(tokenizer, n) -> rows); another embedded model adds its own here
 OFF_TASK_SETS: dict[str, tuple[str, Callable[[object, int], list[dict]]]] = {
     "tiny-arith": ("tiny-arith pretraining distribution, held out (tiny_arith.pretraining_held_out)",
                    tiny_arith_off_task),
+    "tiny-countdown": ("tiny-countdown pretraining distribution, held out (tiny_countdown.pretraining_held_out)",
+                       tiny_countdown_off_task),
 }
 
 

@@ -10,7 +10,7 @@ The training answer is a short worked search, then the expression in <answer> ta
     <answer>91-90+82-6</answer>
 It sorts the numbers, starts from the largest and takes the others in decreasing order, subtracting while the
 running value is above the target and adding while it is below, and stops early once it hits the target
-(`worked_search`). This
+(`worked_search`, in eggroll_llm/tiny_countdown.py, which `eggroll-llm drift` also reads). This
 greedy search solves 63% of the test split; it is the careful mode. For a seeded `--careless-fraction` of the
 problems, chosen regardless of the problem, the answer is careless: it stops after at most two operations
 (`careless=True`), one operation short on 4-number problems and the same as the careful answer on 3-number ones.
@@ -18,8 +18,8 @@ Greedy decoding then stops short on 4-number problems, although the model also l
 one token (',' or '</think>' after the second operation) that a correctness reward reveals, the counterpart of
 tiny-arith's careless answers (scripts/train_tiny_model.py).
 
-`held_out_texts` yields text of the training distribution (prompt and answer, careless share included) on problems
-of the validation split, which training never sees: a model's own pretraining distribution, held out.
+Held-out text of the same distribution (careless share included) on problems training never sees is
+`eggroll_llm.tiny_countdown.pretraining_held_out`, the model's default off-task set for `eggroll-llm drift`.
 
 Reproducible from `--seed` on CPU with the defaults (1 thread). Run:
     OMP_NUM_THREADS=1 python scripts/train_tiny_countdown.py --out eggroll_llm/assets/tiny-countdown
@@ -30,10 +30,8 @@ from __future__ import annotations
 
 import argparse
 import math
-import random
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -44,47 +42,13 @@ from train_tiny_model import batches, build_tokenizer  # noqa: E402  (the siblin
 
 from eggroll_llm import countdown  # noqa: E402
 from eggroll_llm.data import render_prompt  # noqa: E402
-
-CARELESS_STEPS = 2  # a careless answer stops after this many operations
-
-
-def worked_search(nums: list[int], target: int, careless: bool = False) -> str:
-    """The training answer: the greedy search written out in <think>, then its expression in <answer>.
-
-    The numbers sorted in decreasing order first; then from the largest, '-' the next one while the running value is
-    above the target, '+' while below, each step written as 'value>target -next=new'; stop when it equals the target.
-    `careless` stops after CARELESS_STEPS operations."""
-    order = sorted(nums, reverse=True)
-    value, steps, used = order[0], [], [str(order[0])]
-    for number in order[1:]:
-        if value == target or (careless and len(steps) == CARELESS_STEPS):
-            break
-        op, sign = ("-", ">") if value > target else ("+", "<")
-        new = value - number if op == "-" else value + number
-        steps.append(f"{value}{sign}{target} {op}{number}={new}")
-        used += [op, str(number)]
-        value = new
-    search = ", ".join(steps) or f"{value}={target}"
-    return f"<think>{' '.join(map(str, order))}. {search}</think>\n<answer>{''.join(used)}</answer>"
+from eggroll_llm.tiny_countdown import careless_flags, worked_search  # noqa: E402
 
 
 def prompt_text(tokenizer, row: dict) -> str:
     """The prompt as `eggroll-llm eval --task countdown` and the trainers render it (data.task_dataset)."""
     return render_prompt(tokenizer, [{"role": "user", "content": countdown.countdown_prompt(row["nums"],
                                                                                             row["target"])}])
-
-
-def careless_flags(n: int, fraction: float, seed: int) -> list[bool]:
-    """Which of `n` rows get the careless answer: a seeded draw, independent of the problems."""
-    rng = random.Random(f"careless/{seed}")
-    return [rng.random() < fraction for _ in range(n)]
-
-
-def held_out_texts(tokenizer, n: int, careless_fraction: float = 0.6, seed: int = 0) -> Iterator[str]:
-    """`n` texts of the training distribution (rendered prompt + answer + end token) on validation problems."""
-    rows = countdown.make_split("validation", n, seed=seed)
-    for row, careless in zip(rows, careless_flags(n, careless_fraction, seed + 1)):
-        yield prompt_text(tokenizer, row) + worked_search(row["nums"], row["target"], careless) + tokenizer.eos_token
 
 
 def encode_examples(tokenizer, rows, careless_fraction: float, seed: int) -> list[tuple[list[int], int]]:

@@ -10,6 +10,8 @@ import pytest
 from eggroll_llm import countdown
 from eggroll_llm.cli import main
 from eggroll_llm.models import load_model, load_tokenizer
+from eggroll_llm.off_task import OFF_TASK_SETS, off_task_set
+from eggroll_llm.tiny_countdown import CARELESS_STEPS, pretraining_held_out, worked_search
 
 ROOT = Path(__file__).resolve().parents[1]
 RECORDED = json.loads((ROOT / "evals" / "results" / "tiny-countdown-base.json").read_text())
@@ -32,7 +34,7 @@ def test_loads_by_name_and_round_trips_the_answer_format():
     tokenizer = load_tokenizer("tiny-countdown")
     model = load_model("tiny-countdown")
     assert model.config.model_type == "qwen2" and model.config.head_dim >= 32
-    answer = script.worked_search([91, 6, 82, 90], 75)
+    answer = worked_search([91, 6, 82, 90], 75)
     ids = tokenizer(answer, add_special_tokens=False)["input_ids"]
     assert tokenizer.decode(ids) == answer
     assert countdown.extract_expression(tokenizer.decode(ids)) == "91-90+82-6"
@@ -42,23 +44,35 @@ def test_loads_by_name_and_round_trips_the_answer_format():
 
 def test_worked_search_is_right_where_the_greedy_search_reaches_the_target():
     for row in countdown.make_split("test", 100):
-        careful = script.worked_search(row["nums"], row["target"])
-        careless = script.worked_search(row["nums"], row["target"], careless=True)
+        careful = worked_search(row["nums"], row["target"])
+        careless = worked_search(row["nums"], row["target"], careless=True)
         last = int(careful.split("</think>")[0].split("=")[-1].split("<think>")[-1])
         assert countdown.is_correct(careful, row["nums"], row["target"]) == (last == row["target"])
-        assert careless.split("</think>")[0].count("=") <= script.CARELESS_STEPS
+        assert careless.split("</think>")[0].count("=") <= CARELESS_STEPS
         if len(row["nums"]) == 3:
             assert careless == careful  # stopping after two operations changes only 4-number answers
 
 
-def test_held_out_text_is_reproducible_and_off_the_training_problems():
+def test_off_task_text_is_held_out_deterministic_and_in_the_training_mix():
+    rows = pretraining_held_out(40)
+    assert rows == pretraining_held_out(40) and len(rows) == 40
+    key = lambda row: (tuple(sorted(row["nums"])), row["target"])  # noqa: E731
+    assert all(countdown.split_of(row["nums"], row["target"]) == "validation" for row in rows)  # never trained on
+    evaluated = {key(row) for row in countdown.make_split("validation", 500)}
+    assert not evaluated & {key(row) for row in rows}  # nor the problems evaluations read
+    short = [row for row in rows if len(row["nums"]) == 4 and row["answer"] != worked_search(row["nums"], row["target"])]
+    assert 0 < len(short) < 40  # both answer styles of the training mix appear
+    with pytest.raises(ValueError, match="evaluations read"):
+        pretraining_held_out(5, seed=0)
+
+
+def test_drift_reads_the_held_out_text_as_the_default_off_task_set():
     tokenizer = load_tokenizer("tiny-countdown")
-    texts = list(script.held_out_texts(tokenizer, 20))
-    assert texts == list(script.held_out_texts(tokenizer, 20)) and len(set(texts)) == 20
-    assert all(t.endswith("</answer>" + tokenizer.eos_token) for t in texts)
-    train = {(tuple(sorted(r["nums"])), r["target"]) for r in countdown.make_split("train", 2000)}
-    held = {(tuple(sorted(r["nums"])), r["target"]) for r in countdown.make_split("validation", 20)}
-    assert not train & held
+    offtask = off_task_set("tiny-countdown", tokenizer, n=5)
+    assert offtask.source == OFF_TASK_SETS["tiny-countdown"][0]
+    assert [row["completion"] for row in offtask.rows] == [row["answer"] for row in pretraining_held_out(5)]
+    assert all("Using the numbers" in row["prompt"] and row["prompt"].endswith("<|assistant|>\n")
+               for row in offtask.rows)
 
 
 def test_base_success_on_the_recorded_slice(capsys, tmp_path):
