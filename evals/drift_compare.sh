@@ -7,28 +7,35 @@
 # `eggroll-llm compare --drift` over all runs (accuracy against off-task drift, per method mean ± 95% interval,
 # the mean pairwise cosine of ΔW across seeds) and `eggroll-llm drift` over the three methods' seed-0 runs (the
 # cosines and linear interpolation between them). docs/compare.md, "Drift", explains the figures.
-#   bash evals/drift_compare.sh [--seeds K] [--budget S] [--decay WD] [--eval-limit N] [--results DIR] [RUNS_DIR]
+#   bash evals/drift_compare.sh [--seeds K] [--budget S] [--decay WD] [--eval-limit N] [--results DIR]
+#                               [--eggroll-recipe NAME] [--arms A,B,...] [RUNS_DIR]
 #   (about 8 minutes of CPU a seed and arm; the drift measurements add about 10 minutes)
+# --eggroll-recipe eggroll-blocks puts EGGROLL on the block linears (recipes/tiny-arith-eggroll-blocks.yaml) in both
+# EGGROLL arms; --arms picks the study's arms among eggroll, es-fullrank, grpo, eggroll-ret, es-fullrank-ret (default
+# all five). A finished run already in RUNS_DIR is kept, so an arm can reuse runs of the same recipe and budget, e.g.
+# links RUNS_DIR/eggroll-s0 and eggroll-s0.log to evals/three_way_compare.sh's eggroll-blocks-seed0 and its log.
 # Writes RUNS_DIR/ARM-sS (default runs/drift-DATE), RESULTS (default evals/results/drift-compare/: report.md,
 # summary.json with runs.*.drift, accuracy_vs_off_task_kl.png, drift-seed0/drift.json and its plots) and
 # RESULTS.json (the machine and the command). A rerun with the same RUNS_DIR keeps every finished run.
 set -euo pipefail
 usage="usage: bash evals/drift_compare.sh [--seeds K] [--budget S] [--decay WD] [--eval-limit N] [--results DIR] \
-[RUNS_DIR]"
+[--eggroll-recipe NAME] [--arms A,B] [RUNS_DIR]"
 command="bash evals/drift_compare.sh $*"
 seeds=3
 budget=120
 decay=1.0
 limit=100
 results=evals/results/drift-compare
+eggroll=eggroll
+train_arms=eggroll,es-fullrank,grpo,eggroll-ret,es-fullrank-ret
 runs=""
 while (($#)); do
   case $1 in
-    --seeds | --budget | --decay | --eval-limit | --results)
+    --seeds | --budget | --decay | --eval-limit | --results | --eggroll-recipe | --arms)
       (($# > 1)) || { echo "$1 needs a value; $usage" >&2; exit 2; }
       case $1 in
         --seeds) seeds=$2 ;; --budget) budget=$2 ;; --decay) decay=$2 ;; --eval-limit) limit=$2 ;;
-        --results) results=$2 ;;
+        --results) results=$2 ;; --eggroll-recipe) eggroll=$2 ;; --arms) train_arms=$2 ;;
       esac
       shift 2 ;;
     -*) echo "$usage" >&2; exit 2 ;;
@@ -40,16 +47,24 @@ if ! [[ $seeds =~ ^[1-9][0-9]*$ && $limit =~ ^[1-9][0-9]*$ && $budget =~ ^[1-9][
   exit 2
 fi
 cd "$(dirname "$0")/.."
+[[ -f recipes/tiny-arith-$eggroll.yaml ]] || { echo "--eggroll-recipe: no recipes/tiny-arith-$eggroll.yaml" >&2; exit 2; }
 runs=${runs:-runs/drift-$(date +%Y%m%d-%H%M%S)}
 mkdir -p "$runs"
 export OMP_NUM_THREADS=1
 # arm name, recipe, overrides (the retention lever)
-arms=(eggroll es-fullrank grpo eggroll-ret es-fullrank-ret)
-declare -A recipe=([eggroll]=eggroll [es-fullrank]=es-fullrank [grpo]=grpo [eggroll-ret]=eggroll
+declare -A recipe=([eggroll]=$eggroll [es-fullrank]=es-fullrank [grpo]=grpo [eggroll-ret]=$eggroll
                    [es-fullrank-ret]=es-fullrank)
 declare -A lever=([eggroll-ret]="--es.weight_decay $decay"
                   [es-fullrank-ret]="--es.decay_to_base true --es.weight_decay $decay")
-labels="EGGROLL,full-parameter ES,GRPO,EGGROLL + decay $decay,full-parameter ES + decay_to_base $decay"
+declare -A label=([eggroll]=EGGROLL [es-fullrank]="full-parameter ES" [grpo]=GRPO [eggroll-ret]="EGGROLL + decay $decay"
+                  [es-fullrank-ret]="full-parameter ES + decay_to_base $decay")
+IFS=, read -r -a arms <<< "$train_arms"
+labels=""
+for arm in "${arms[@]}"; do
+  [[ -v "recipe[$arm]" ]] || { echo "--arms: no arm '$arm' (eggroll es-fullrank grpo eggroll-ret es-fullrank-ret)" >&2
+                               exit 2; }
+  labels+="${labels:+,}${label[$arm]}"
+done
 finished() { tail -n 1 "$runs/$1-s$2.log" 2> /dev/null | grep -q '^run written to'; }
 for ((seed = 0; seed < seeds; seed++)); do
   for arm in "${arms[@]}"; do
@@ -67,7 +82,9 @@ for arm in "${arms[@]}"; do
   for ((seed = 0; seed < seeds; seed++)); do dirs+=("$runs/$arm-s$seed"); done
 done
 eggroll-llm compare "${dirs[@]}" --drift --labels "$labels" --out "$results" --force
-eggroll-llm drift "$runs/eggroll-s0" "$runs/es-fullrank-s0" "$runs/grpo-s0" --out "$results/drift-seed0" --force
+seed0=()  # the methods' seed-0 runs, for the cosines and the linear path between methods
+for arm in eggroll es-fullrank grpo; do [[ " ${arms[*]} " != *" $arm "* ]] || seed0+=("$runs/$arm-s0"); done
+eggroll-llm drift "${seed0[@]}" --out "$results/drift-seed0" --force
 python - "$runs" "$results" "$command" <<'PY'
 import json, os, platform, sys
 import torch
