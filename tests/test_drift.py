@@ -218,6 +218,7 @@ def test_off_task_files_read_jsonl_and_txt(off_task_file, tmp_path):
         read_off_task_file(bad)
 
 
+@pytest.mark.integration  # drift probes over four runs
 def test_compare_drift_adds_group_intervals_seed_cosine_and_who_forgets_less(adapter_run, inplace_run, base,
                                                                              tmp_path_factory, off_task_file):
     from eggroll_llm.compare import compare

@@ -37,6 +37,7 @@ def gsm8k_dir(tmp_path_factory) -> Path:
     return folder
 
 
+@pytest.mark.integration  # every section of the GPU check end to end (minutes of CPU)
 def test_cpu_smoke_writes_every_section_with_figures(gsm8k_dir, tmp_path):
     out = tmp_path / "check.json"
     done = subprocess.run(["bash", str(ROOT / "evals" / "gpu_check.sh"), "--cpu-smoke", "--data", str(gsm8k_dir),

@@ -122,6 +122,7 @@ def test_target_pattern_matching_nothing(tmp_path):
         train(small_config(tmp_path / "t", **{"es.target_modules": ["nonexistent_proj"]}))
 
 
+@pytest.mark.integration  # trainings against a wall-clock budget
 def test_max_wall_s_stops_early_and_says_so_even_on_a_spent_resume(tmp_path, capsys):
     recipe = tmp_path / "r.yaml"
     recipe.write_text(yaml.safe_dump(to_dict(small_config(tmp_path / "w", max_steps=50, max_wall_s=1e-6))))
