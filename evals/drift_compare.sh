@@ -8,18 +8,20 @@
 # the mean pairwise cosine of ΔW across seeds) and `eggroll-llm drift` over the three methods' seed-0 runs (the
 # cosines and linear interpolation between them). docs/compare.md, "Drift", explains the figures.
 #   bash evals/drift_compare.sh [--seeds K] [--budget S] [--decay WD] [--eval-limit N] [--results DIR]
-#                               [--eggroll-recipe NAME] [--arms A,B,...] [RUNS_DIR]
+#                               [--eggroll-recipe NAME] [--arms A,B,...] [--drift-eval-limit N] [RUNS_DIR]
 #   (about 8 minutes of CPU a seed and arm; the drift measurements add about 10 minutes)
 # --eggroll-recipe eggroll-blocks puts EGGROLL on the block linears (recipes/tiny-arith-eggroll-blocks.yaml) in both
 # EGGROLL arms; --arms picks the study's arms among eggroll, es-fullrank, grpo, eggroll-ret, es-fullrank-ret (default
 # all five). A finished run already in RUNS_DIR is kept, so an arm can reuse runs of the same recipe and budget, e.g.
 # links RUNS_DIR/eggroll-s0 and eggroll-s0.log to evals/three_way_compare.sh's eggroll-blocks-seed0 and its log.
+# --drift-eval-limit N scores the drift measurements (each run's final weights, each point of the linear paths) on
+# the first N held-out problems instead of the runs' own --eval-limit.
 # Writes RUNS_DIR/ARM-sS (default runs/drift-DATE), RESULTS (default evals/results/drift-compare/: report.md,
 # summary.json with runs.*.drift, accuracy_vs_off_task_kl.png, drift-seed0/drift.json and its plots) and
 # RESULTS.json (the machine and the command). A rerun with the same RUNS_DIR keeps every finished run.
 set -euo pipefail
 usage="usage: bash evals/drift_compare.sh [--seeds K] [--budget S] [--decay WD] [--eval-limit N] [--results DIR] \
-[--eggroll-recipe NAME] [--arms A,B] [RUNS_DIR]"
+[--eggroll-recipe NAME] [--arms A,B] [--drift-eval-limit N] [RUNS_DIR]"
 command="bash evals/drift_compare.sh $*"
 seeds=3
 budget=120
@@ -28,14 +30,16 @@ limit=100
 results=evals/results/drift-compare
 eggroll=eggroll
 train_arms=eggroll,es-fullrank,grpo,eggroll-ret,es-fullrank-ret
+drift_limit=()
 runs=""
 while (($#)); do
   case $1 in
-    --seeds | --budget | --decay | --eval-limit | --results | --eggroll-recipe | --arms)
+    --seeds | --budget | --decay | --eval-limit | --results | --eggroll-recipe | --arms | --drift-eval-limit)
       (($# > 1)) || { echo "$1 needs a value; $usage" >&2; exit 2; }
       case $1 in
         --seeds) seeds=$2 ;; --budget) budget=$2 ;; --decay) decay=$2 ;; --eval-limit) limit=$2 ;;
         --results) results=$2 ;; --eggroll-recipe) eggroll=$2 ;; --arms) train_arms=$2 ;;
+        --drift-eval-limit) drift_limit=(--eval_limit "$2") ;;
       esac
       shift 2 ;;
     -*) echo "$usage" >&2; exit 2 ;;
@@ -81,10 +85,10 @@ dirs=()
 for arm in "${arms[@]}"; do
   for ((seed = 0; seed < seeds; seed++)); do dirs+=("$runs/$arm-s$seed"); done
 done
-eggroll-llm compare "${dirs[@]}" --drift --labels "$labels" --out "$results" --force
+eggroll-llm compare "${dirs[@]}" --drift "${drift_limit[@]}" --labels "$labels" --out "$results" --force
 seed0=()  # the methods' seed-0 runs, for the cosines and the linear path between methods
 for arm in eggroll es-fullrank grpo; do [[ " ${arms[*]} " != *" $arm "* ]] || seed0+=("$runs/$arm-s0"); done
-eggroll-llm drift "${seed0[@]}" --out "$results/drift-seed0" --force
+eggroll-llm drift "${seed0[@]}" "${drift_limit[@]}" --out "$results/drift-seed0" --force
 python - "$runs" "$results" "$command" <<'PY'
 import json, os, platform, sys
 import torch
