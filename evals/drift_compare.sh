@@ -69,7 +69,7 @@ for arm in "${arms[@]}"; do
                                exit 2; }
   labels+="${labels:+,}${label[$arm]}"
 done
-finished() { tail -n 1 "$runs/$1-s$2.log" 2> /dev/null | grep -q '^run written to'; }
+finished() { tail -n 1 "$runs/$1-s$2.log" 2> /dev/null | grep -q 'run written to'; }
 for ((seed = 0; seed < seeds; seed++)); do
   for arm in "${arms[@]}"; do
     if finished "$arm" "$seed"; then echo "keeping $runs/$arm-s$seed (finished)"; continue; fi

@@ -11,7 +11,8 @@ and the three-way comparison (EGGROLL's and GRPO's screens have the same number 
     python evals/lever_screen.py evals/three_way_screen.yaml --steps 50 \\
         --out evals/results/three-way-compare/screen.json [--runs runs/screen] [--only NAME,...]
 
-A trial whose log ends "run written to" is kept when the screen is run again; others start again from scratch.
+A trial whose log's last line says "run written to" is kept when the screen is run again; others start again from
+scratch.
 """
 
 from __future__ import annotations
@@ -54,7 +55,7 @@ def run_trial(trial: dict, args) -> dict:
     run = args.runs / trial["name"]
     log = args.runs / f"{trial['name']}.log"
     if not (log.is_file() and log.read_text().splitlines()[-1:] and
-            log.read_text().splitlines()[-1].startswith("run written to")):
+            "run written to" in log.read_text().splitlines()[-1]):
         shutil.rmtree(run, ignore_errors=True)
         with log.open("w") as out:
             subprocess.run(command(trial, run, args), stdout=out, stderr=subprocess.STDOUT, check=True,

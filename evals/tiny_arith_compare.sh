@@ -17,8 +17,8 @@
 # Paths are relative to the repository root. Writes RUNS_DIR/{eggroll,grpo}-seedS (default runs/compare-DATE),
 # RESULTS (default evals/results/tiny-arith-compare/: report.md, PNGs, summary.json; a previous report there is
 # replaced) and RESULTS.json (the summary, answer styles of the base model and of every run, the machine, the command).
-# Rerunning with the same RUNS_DIR keeps every run that finished (its log ends "run written to") and starts again
-# any run that was interrupted, so a stopped script picks up where it left off.
+# Rerunning with the same RUNS_DIR keeps every run that finished (the last line of its log says "run written to") and
+# starts again any run that was interrupted, so a stopped script picks up where it left off.
 set -euo pipefail
 script=${COMPARE_COMMAND:-evals/tiny_arith_compare.sh}
 usage="usage: bash ${script%% *} [--seeds K] [--eval-limit N] [--results DIR] \
@@ -63,7 +63,7 @@ done
 runs=${runs:-runs/compare-$(date +%Y%m%d-%H%M%S)}
 mkdir -p "$runs"
 export OMP_NUM_THREADS=1
-finished() { tail -n 1 "$runs/$1-seed$2.log" 2> /dev/null | grep -q '^run written to'; }
+finished() { tail -n 1 "$runs/$1-seed$2.log" 2> /dev/null | grep -q 'run written to'; }
 train() {  # train METHOD SEED: one run in the background, its pid in $pid (none when it already finished)
   pid=""
   if finished "$1" "$2"; then echo "keeping $runs/$1-seed$2 (finished)"; return; fi
