@@ -39,7 +39,8 @@ def test_override_beats_recipe(tmp_path):
 @pytest.mark.parametrize("args, needle", [
     (["--es.sigm", "1"], "did you mean es.sigma"),
     (["--max_stepz", "3"], "did you mean max_steps"),
-    (["--es.sigma", "-1"], r"es.sigma must be a finite number > 0"),
+    (["--es.sigma", "-1"], r"es.sigma must be in \(0, 1\]"),
+    (["--es.sigma", "1e9"], r"es.sigma must be in \(0, 1\]"),
     (["--es.sigma", ".inf"], "es.sigma must be a finite number"),
     (["--es.lr", ".nan"], "es.lr must be a finite number"),
     (["--es.weight_decay", "nan"], "es.weight_decay must be a finite number"),
@@ -195,7 +196,7 @@ def test_a_trainer_takes_its_own_config_or_a_recipe_of_its_method():
     ("ModelConfig", {"dtype": "int8"}, "model.dtype must be float32, bfloat16 or float16"),
     ("DataConfig", {"eval_limit": 0}, "data.eval_limit must be >= 1"),
     ("GenerationConfig", {"engine": "tgi"}, "generation.engine must be hf or vllm"),
-    ("ESConfig", {"sigma": 0.0}, "es.sigma must be a finite number > 0"),
+    ("ESConfig", {"sigma": 0.0}, r"es.sigma must be in \(0, 1\]"),
     ("ESConfig", {"lr": -1.0}, "es.lr must be > 0"),
     ("ESConfig", {"population_size": 6, "members_per_prompt": 4}, "es.members_per_prompt 4 must divide"),
     ("GRPOSection", {"gradient_accumulation_steps": 3}, "grpo.gradient_accumulation_steps 3 must divide the 64"),
@@ -222,7 +223,7 @@ def test_es_section_bounds_are_the_ones_eggroll_es_checks():
     from eggroll_llm.es import EggrollES
 
     model = torch.nn.Sequential(torch.nn.Linear(4, 4))
-    for bad in ({"sigma": -0.5}, {"momentum": 1.0}, {"lr": 0.5, "weight_decay": 4.0}):
+    for bad in ({"sigma": -0.5}, {"sigma": 2.0}, {"momentum": 1.0}, {"lr": 0.5, "weight_decay": 4.0}):
         with pytest.raises(ConfigError) as from_config:
             ESConfig(**bad)
         with pytest.raises(ValueError) as from_es:
