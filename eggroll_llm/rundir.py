@@ -24,7 +24,7 @@ from pathlib import Path
 import yaml
 from filelock import FileLock, Timeout
 
-from .config import DryRun, RunArgs, flatten, is_run_only, to_dict, upgrade
+from .config import DryRun, RunArgs, flatten, is_run_only, other_methods_keys, to_dict, upgrade
 from .io import WRITE_FIXES, WriteError, atomic_write_text
 from .rewards import NOT_IMPORTABLE
 
@@ -37,12 +37,14 @@ class RunDirBusy(ValueError):
 
 
 def changed_keys(saved: dict, config: RunArgs) -> list[str]:
-    """`key: saved → now` for every recipe key (run-only keys aside) where `config` differs from a saved config.
+    """`key: saved → now` for every recipe key (run-only keys and the other method's section aside) where `config`
+    differs from a saved config.
 
     A dataset fingerprint that changed only warns: datasets gives data mapped with an unhashable function a new
     fingerprint each time, so the same rows can come back under another one."""
     before, now = flatten(upgrade(saved)), flatten(to_dict(config))
-    differ = [key for key in sorted(set(before) | set(now)) if not is_run_only(key) and before.get(key) != now.get(key)]
+    differ = [key for key in sorted(set(before) | set(now)) if not is_run_only(key) and before.get(key) != now.get(key)
+              and not other_methods_keys(config.method, key)]  # the other method's section: not what this run trains
     for key in [k for k in differ if k.endswith(".fingerprint")]:
         warnings.warn(f"{key} changed since the run started ({before.get(key)} → {now.get(key)}); resuming with the "
                       "dataset as given (same rows and columns)", stacklevel=2)

@@ -135,3 +135,13 @@ def test_a_run_of_an_earlier_release_with_dry_run_flags_in_config_yaml_resumes(t
     _, lock = prepare_run_dir(config(run, seed=2), resume=True, dry_run=DryRun("tiny"))
     lock.release()
     assert "dry_run_shrink" not in (run / "config.yaml").read_text() and recorded_dry_run(run) == DryRun("tiny")
+
+
+def test_a_resume_ignores_the_other_methods_section(tmp_path):
+    """A recipe may carry both methods' sections; an EGGROLL run records its grpo: section at the defaults, and a
+    config.yaml that recorded another grpo: section resumes all the same (it never trained with it)."""
+    saved = to_dict(config(tmp_path / "a"))
+    saved["grpo"]["num_generations"] = 16
+    assert changed_keys(saved, config(tmp_path / "a")) == []
+    saved["es"]["sigma"] = 0.5
+    assert changed_keys(saved, config(tmp_path / "a")) == ["es.sigma: 0.5 → 0.02"]

@@ -17,14 +17,22 @@ from .eggroll import EggrollConfig
 from .es import ESConfig
 from .fields import ConfigError, flatten, parse_overrides
 from .grpo import GRPOBaselineConfig, GRPOSection
-from .recipe import Recipe, describe, load_config, to_dict, trainer_args, upgrade, validate
+from .recipe import (
+    Recipe,
+    describe,
+    load_config,
+    other_methods_keys,
+    to_dict,
+    trainer_args,
+    upgrade,
+    validate,
+)
 from .run import REPORT_TO, RUN_ONLY_KEYS, RunArgs, is_run_only
 from .sections import DTYPES, DataConfig, GenerationConfig, ModelConfig
 
 __all__ = [
     "DRY_RUN_MODES", "DTYPES", "GSM8K_SAMPLE", "REPORT_TO", "RUN_ONLY_KEYS", "TINY_DRY_RUN", "ConfigError",
     "DataConfig", "DryRun", "ESConfig", "EggrollConfig", "GRPOBaselineConfig", "GRPOSection", "GenerationConfig",
-    "ModelConfig", "Recipe", "RunArgs", "describe", "dry_run_data",
-    "dry_run_overrides", "flatten", "is_run_only", "load_config", "parse_overrides", "to_dict", "trainer_args",
-    "upgrade", "validate",
+    "ModelConfig", "Recipe", "RunArgs", "describe", "dry_run_data", "dry_run_overrides", "flatten", "is_run_only",
+    "load_config", "other_methods_keys", "parse_overrides", "to_dict", "trainer_args", "upgrade", "validate",
 ]

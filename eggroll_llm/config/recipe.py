@@ -25,6 +25,14 @@ from .run import RunArgs
 from .sections import LEGACY_MODEL_KEYS
 
 METHODS = {"eggroll": EggrollConfig, "grpo": GRPOBaselineConfig}
+OWN_SECTION = {"eggroll": "es", "grpo": "grpo"}  # the section only that method reads
+
+
+def other_methods_keys(method: str | None, dotted_key: str) -> bool:
+    """Whether a dotted recipe key lies in a section that another method reads (es.* for a GRPO run, grpo.* for an
+    EGGROLL run): it says nothing about what a run of `method` trains."""
+    section = dotted_key.split(".")[0]
+    return method in OWN_SECTION and section in OWN_SECTION.values() and section != OWN_SECTION[method]
 
 
 @dataclass
