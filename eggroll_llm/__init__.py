@@ -13,6 +13,8 @@ __version__ = "0.1.0"
 
 _EXPORTS = {
     "EggrollConfig": "config",
+    "GRPOBaselineConfig": "config",
+    "Recipe": "config",
     "EggrollTrainer": "trainer",
     "GRPOBaselineTrainer": "grpo",
     "EggrollES": "es",

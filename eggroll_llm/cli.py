@@ -129,7 +129,7 @@ def _add_train(subparsers) -> None:
 
 
 def _run_train(args) -> int:
-    from .config import describe, dry_run_data, dry_run_overrides, load_config, parse_overrides
+    from .config import DryRun, describe, dry_run_data, load_config, parse_overrides
 
     if args.list_keys:
         for key, text, default in describe():
@@ -138,17 +138,18 @@ def _run_train(args) -> int:
     if args.recipe is None:
         raise ValueError("train needs a recipe YAML, e.g. eggroll-llm train recipes/tiny-arith-eggroll.yaml")
     overrides = parse_overrides(args.overrides)
-    if args.dry_run:
-        overrides = dry_run_overrides(args.dry_run, overrides)
+    dry_run = DryRun(args.dry_run) if args.dry_run else None  # how the model loads, not part of the recipe
+    if dry_run is not None:
+        overrides = dry_run.overrides(overrides)
     if args.no_progress:
         overrides["disable_tqdm"] = True
     config = load_config(args.recipe, overrides)
-    if args.dry_run:
+    if dry_run is not None:
         config = dry_run_data(config)
     from .distributed import shutdown
     from .recipe import run_recipe
 
-    output = run_recipe(config, resume=args.resume)
+    output = run_recipe(config, resume=args.resume, dry_run=dry_run)
     shutdown()
     if int(os.environ.get("RANK", "0")) == 0:
         from .runlog import stop_note

@@ -110,13 +110,13 @@ def choose_metric(runs: list[Run]) -> str:
 def recipe_of(config: dict) -> dict:
     """The dotted keys that define what a run trains: the config without run-only keys and without the other
     method's section (es.* means nothing to a GRPO run, grpo.* nothing to an EGGROLL run)."""
-    from .config import EggrollConfig, to_dict
+    from .config import Recipe, other_methods_keys, to_dict, upgrade
 
-    other = {"eggroll": "grpo.", "grpo": "es."}.get(config.get("method"), "\0")
-    # keys a run's config.yaml lacks (written before they existed) take their defaults, as loading it would give
-    values = {**flatten(to_dict(EggrollConfig())), **flatten(config)}
-    return {k: v for k, v in values.items()
-            if k != "seed" and not is_run_only(k) and not k.startswith(other)}  # seeds of one recipe form a group
+    # keys a run's config.yaml lacks (written before they existed) take their defaults, and keys no recipe holds
+    # any more are dropped, as loading it would give
+    values = {**flatten(to_dict(Recipe())), **flatten(upgrade(config))}
+    return {k: v for k, v in values.items()  # seeds of one recipe form a group
+            if k != "seed" and not is_run_only(k) and not other_methods_keys(config.get("method"), k)}
 
 
 def group_runs(runs: list[Run], labels: list[str] | None) -> dict[str, list[Run]]:

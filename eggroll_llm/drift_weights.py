@@ -160,6 +160,7 @@ def run_delta(run_dir: str | Path, base: nn.Module) -> RunDelta:
     from .checkpoint import list_checkpoints
     from .config import load_config
     from .export import load_run
+    from .rundir import recorded_dry_run
     from .runlog import MetricsLog
 
     path = Path(run_dir)
@@ -167,7 +168,7 @@ def run_delta(run_dir: str | Path, base: nn.Module) -> RunDelta:
         raise DriftError(f"{path} is not a run directory (no config.yaml); pass folders written by "
                          "`eggroll-llm train`")
     config = load_config(path / "config.yaml")
-    if config.model.dry_run_random_init:
+    if recorded_dry_run(path) is not None:
         raise DriftError(f"{path} trained a random-init model (a dry run): it has no base model to compare with")
     records = MetricsLog(path / "metrics.jsonl").read() if (path / "metrics.jsonl").is_file() else []
     if config.method == "eggroll":

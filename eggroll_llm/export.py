@@ -180,15 +180,16 @@ def load_run(run_dir: str | Path):
     from .config import load_config
     from .es import EggrollES
     from .models import default_device, load_model
+    from .rundir import recorded_dry_run
 
     run_dir = require_run_dir(run_dir)
     config = load_config(run_dir / "config.yaml")
     if config.method != "eggroll":
         raise ExportError(f"{run_dir} is a {config.method} run: its adapter/ or model/ folder is already in PEFT / "
                           "Hugging Face format; push that folder directly")
-    if config.model.dry_run_random_init:
-        raise ExportError(f"{run_dir} trained a random-init model (model.dry_run_random_init): its base weights exist "
-                          "nowhere else, so an adapter of it is of no use; export a run of a real model")
+    if recorded_dry_run(run_dir) is not None:
+        raise ExportError(f"{run_dir} trained a random-init model (a --dry_run): its base weights exist nowhere else, "
+                          "so an adapter of it is of no use; export a run of a real model")
     checkpoints = list_checkpoints(run_dir)
     if not checkpoints:
         raise ExportError(f"{run_dir} has no checkpoint (checkpoints/step-*/), so no adapter to export; train (or "

@@ -32,7 +32,7 @@ from pathlib import Path
 import torch
 from transformers import TrainerCallback, TrainingArguments
 
-from .config import ConfigError, DataConfig, EggrollConfig, to_dict
+from .config import DataConfig, DryRun, GRPOBaselineConfig, Recipe, to_dict, trainer_args, validate
 from .engine.hf import HFEngine
 from .evaluate import held_out_metrics
 from .fitness import check_scores
@@ -66,17 +66,13 @@ _CHECKPOINTING = ("activation_checkpointing" if "activation_checkpointing" in Tr
                   else "gradient_checkpointing")
 
 
-def check_grpo(config: EggrollConfig) -> None:
-    """Refuse a GRPO run that TRL would reject or silently reshape, before any model or data is loaded: the rules
-    that span sections (the grpo section checks itself where it is built: config.GRPOBaselineConfig)."""
-    checks = [
-        (config.method == "grpo", f"method is {config.method!r}; the GRPO baseline runs recipes with method: grpo"),
-        (config.model.dtype != "float16", "GRPO trains in float32 or bfloat16; float16 weights would need loss "
-                                          "scaling: set model.dtype to bfloat16 or float32"),
-    ]
-    for ok, message in checks:
-        if not ok:
-            raise ConfigError(message)
+def check_grpo(config: GRPOBaselineConfig | Recipe) -> GRPOBaselineConfig:
+    """Refuse a GRPO run that TRL would reject or silently reshape, before any model or data is loaded; returns the
+    trainer config (a Recipe of method grpo resolved). Each section checks itself where it is built; this adds the
+    rules that span sections (GRPOBaselineConfig.cross_checks)."""
+    config = trainer_args(config, GRPOBaselineConfig)
+    validate(config)
+    return config
 
 
 class RolloutTally:
@@ -183,18 +179,22 @@ def _restore(run_dir: Path, log: MetricsLog) -> tuple[str | None, RunTotals]:
 
 
 class GRPOBaselineTrainer:
-    """GRPO with TRL's GRPOTrainer, taking exactly what EggrollTrainer takes (args.method must be grpo).
+    """GRPO with TRL's GRPOTrainer, taking what EggrollTrainer takes; args: a GRPOBaselineConfig (TRL's GRPOConfig
+    names) or a Recipe with method: grpo.
 
     model: a name, folder or Hub id (loaded with args.model's dtype and device), or a loaded causal LM. reward_funcs,
-    train_dataset, eval_dataset, processing_class: as EggrollTrainer's. The run directory has EGGROLL's layout and
-    metrics keys; a LoRA run (grpo.lora_rank > 0) leaves its PEFT adapter in adapter/, full fine-tuning the whole
-    model in model/.
+    train_dataset, eval_dataset, processing_class, dry_run: as EggrollTrainer's. The run directory has EGGROLL's
+    layout and metrics keys; a LoRA run (args.lora_rank > 0) leaves its PEFT adapter in adapter/, full fine-tuning
+    the whole model in model/.
     """
 
-    def __init__(self, model, reward_funcs, train_dataset, eval_dataset=None, args: EggrollConfig | None = None,
-                 processing_class=None, data_source: DataConfig | None = None):
-        args = args or EggrollConfig(method="grpo")
-        check_grpo(args)
+    def __init__(self, model, reward_funcs, train_dataset, eval_dataset=None,
+                 args: GRPOBaselineConfig | Recipe | None = None, processing_class=None,
+                 data_source: DataConfig | None = None, dry_run: DryRun | None = None):
+        args = trainer_args(args or GRPOBaselineConfig(), GRPOBaselineConfig)
+        if dry_run is not None:
+            dry_run.check(args)
+        self.dry_run = dry_run
         if args.disable_tqdm:
             hide_progress_bars()
         self.rewards = RewardSet(reward_funcs, args.reward_weights)
@@ -202,7 +202,7 @@ class GRPOBaselineTrainer:
         self.accuracy = wants_accuracy(self.rewards, args.data)
         self.state, self.training_loss = TrainerState(), None
         self.device = default_device(args.model.device)
-        self.model, self.tokenizer = model_and_tokenizer(model, processing_class, args, self.device)
+        self.model, self.tokenizer = model_and_tokenizer(model, processing_class, args, self.device, dry_run)
         budget = prompt_budget(self.model, args.generation.max_new_tokens)
         PromptSet(train_dataset, self.tokenizer, "train_dataset", budget)  # prompts render and fit the context
         self.train_dataset = train_dataset  # TRL reads it as it is
@@ -228,8 +228,8 @@ class GRPOBaselineTrainer:
 
         A SIGINT or SIGTERM ends the current step, saves it and raises interrupt.Interrupted (see interrupt.py).
         """
-        config, lora = self.args, self.args.grpo.lora_rank
-        run_dir, lock = prepare_run_dir(config, resume_from_checkpoint)
+        config, lora = self.args, self.args.lora_rank
+        run_dir, lock = prepare_run_dir(config, resume_from_checkpoint, dry_run=self.dry_run)
         log = MetricsLog(run_dir / "metrics.jsonl", open_trackers(config.report_to, run_dir, to_dict(config)))
         try:
             with StopSignals() as stop:
@@ -254,9 +254,9 @@ class GRPOBaselineTrainer:
         from transformers import PrinterCallback
         from trl import GRPOConfig, GRPOTrainer
 
-        config, grpo, gen = self.args, self.args.grpo, self.args.generation
+        config, gen = self.args, self.args.generation
         model, tokenizer = self.model, self.tokenizer
-        model.requires_grad_(grpo.lora_rank == 0)  # LoRA: PEFT unfreezes its own factors
+        model.requires_grad_(config.lora_rank == 0)  # LoRA: PEFT unfreezes its own factors
         checkpoint, totals = _restore(run_dir, log) if resume else (None, RunTotals())
         prompt_lengths: dict[str, int] = {}
 
@@ -270,17 +270,16 @@ class GRPOBaselineTrainer:
 
         tally = RolloutTally(self.rewards, prompt_tokens)
         on_cpu = torch.device(self.device).type == "cpu"
-        completions = grpo.prompts_per_step * grpo.num_generations
         args = GRPOConfig(
             output_dir=str(run_dir / "checkpoints"), seed=config.seed, data_seed=config.seed,
             max_steps=config.max_steps,
-            # One generation batch = one update: prompts_per_step prompts x num_generations completions, split into
-            # gradient_accumulation_steps micro-batches (TRL's steps_per_generation defaults to that count).
-            per_device_train_batch_size=completions // grpo.gradient_accumulation_steps,
-            gradient_accumulation_steps=grpo.gradient_accumulation_steps, num_generations=grpo.num_generations,
-            max_completion_length=gen.max_new_tokens, temperature=grpo.temperature, top_p=gen.top_p, beta=grpo.beta,
-            learning_rate=grpo.learning_rate, lr_scheduler_type="constant",  # a wall-clock stop must not meet decay
-            **{_CHECKPOINTING: grpo.gradient_checkpointing}, reward_weights=self.rewards.weights,
+            # One generation batch = one update: generation_batch_size completions (num_generations per prompt), split
+            # into gradient_accumulation_steps micro-batches (TRL's steps_per_generation defaults to that count).
+            per_device_train_batch_size=config.per_device_train_batch_size,
+            gradient_accumulation_steps=config.gradient_accumulation_steps, num_generations=config.num_generations,
+            max_completion_length=gen.max_new_tokens, temperature=config.temperature, top_p=gen.top_p, beta=config.beta,
+            learning_rate=config.learning_rate, lr_scheduler_type="constant",  # a wall-clock stop must not meet decay
+            **{_CHECKPOINTING: config.gradient_checkpointing}, reward_weights=self.rewards.weights,
             # TRL defaults bf16 to True; train in the model's own dtype instead (bf16 autocast only for bf16 on GPU).
             use_cpu=on_cpu, bf16=not on_cpu and config.model.dtype == "bfloat16", fp16=False,
             save_strategy="steps", save_steps=config.save_every, save_total_limit=2,
@@ -288,10 +287,10 @@ class GRPOBaselineTrainer:
             disable_tqdm=config.disable_tqdm, dataloader_num_workers=0,
         )
         peft_config = None
-        if grpo.lora_rank:
+        if config.lora_rank:
             # "all-linear" = every linear layer but the output head: EGGROLL's default targets. alpha = 2r (a common
             # choice); with Adam the scale trades against learning_rate, so it is not a separate knob.
-            peft_config = LoraConfig(r=grpo.lora_rank, lora_alpha=2 * grpo.lora_rank, target_modules="all-linear",
+            peft_config = LoraConfig(r=config.lora_rank, lora_alpha=2 * config.lora_rank, target_modules="all-linear",
                                      task_type="CAUSAL_LM")
         callback = RunLogCallback(log, tally, self.held_out, totals, config.eval_every, config.max_wall_s, stop,
                                   BUDGET_CLOCKS[config.budget_clock])

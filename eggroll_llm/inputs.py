@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 import datasets
 import torch
 
-from .config import ConfigError, DataConfig, EggrollConfig, validate
+from .config import ConfigError, DataConfig, RunArgs, validate
 from .data import QA_TASKS, DataError, check_prompts, render_prompt
 from .fitness import check_scores
 from .models import load_base, load_tokenizer
@@ -152,8 +152,8 @@ def describe_dataset(dataset: datasets.Dataset | None) -> dict | None:
     return {"fingerprint": dataset._fingerprint, "num_rows": len(dataset), "columns": list(dataset.column_names)}
 
 
-def run_config(args: EggrollConfig, model, rewards: RewardSet, train_dataset, eval_dataset,
-               data_source: DataConfig | None) -> EggrollConfig:
+def run_config(args: RunArgs, model, rewards: RewardSet, train_dataset, eval_dataset,
+               data_source: DataConfig | None) -> RunArgs:
     """The run's config as config.yaml records it, validated: `args` with the model's name and the reward names
     actually given (a model object is named by its name_or_path, as an export names its base).
 
@@ -174,7 +174,7 @@ def run_config(args: EggrollConfig, model, rewards: RewardSet, train_dataset, ev
                               "(train_dataset, eval_dataset), which data.* does not build; shape the datasets "
                               f"themselves (e.g. eval_dataset.select(range(n)) for eval_limit) and leave data."
                               f"{changed[0]} at its default")
-        if args.rewards not in (EggrollConfig().rewards, rewards.names):
+        if args.rewards not in (RunArgs().rewards, rewards.names):
             raise ConfigError(f"args.rewards is {args.rewards!r}, but the Python API scores with reward_funcs "
                               f"({', '.join(rewards.names)}); pass the rewards as reward_funcs and leave args.rewards "
                               "at its default")
@@ -191,11 +191,11 @@ def wants_accuracy(rewards: RewardSet, data: DataConfig) -> bool:
     return rewards.wants_accuracy or data.task in QA_TASKS
 
 
-def model_and_tokenizer(model, processing_class, args: EggrollConfig, device: str):
-    """(model, tokenizer) of a trainer: a name is loaded with args.model's settings (or built at random for a dry
-    run); the tokenizer is `processing_class`, else the one of the model's name."""
+def model_and_tokenizer(model, processing_class, args: RunArgs, device: str, dry_run=None):
+    """(model, tokenizer) of a trainer: a name is loaded with args.model's settings (or built at random for a
+    `dry_run`, a config.DryRun); the tokenizer is `processing_class`, else the one of the model's name."""
     if isinstance(model, str):
-        model, loaded = load_base(args.model, device, args.seed)
+        model, loaded = load_base(args.model, device, args.seed, dry_run)
         processing_class = processing_class or loaded
     tokenizer = processing_class or load_tokenizer(args.model.name, trust_remote_code=args.model.trust_remote_code)
     return model, tokenizer

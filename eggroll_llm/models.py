@@ -157,19 +157,19 @@ def random_init_model(name: str, *, shrink: bool = False, dtype: str = "float32"
     return model.eval().requires_grad_(False), tokenizer
 
 
-def load_base(spec, device: str, seed: int):
+def load_base(spec, device: str, seed: int, dry_run=None):
     """(model, tokenizer) a run starts from, for the run config's `model` section (config.ModelConfig): the named
-    model, or with `dry_run_random_init` a random-init model of its architecture (see `random_init_model`)."""
-    if spec.dry_run_random_init:
-        return random_init_model(spec.name, shrink=spec.dry_run_shrink, dtype=spec.dtype, device=device, seed=seed,
+    model, or for a `dry_run` (config.DryRun) a random-init model of its architecture (see `random_init_model`)."""
+    if dry_run is not None:
+        return random_init_model(spec.name, shrink=dry_run.shrink, dtype=spec.dtype, device=device, seed=seed,
                                  trust_remote_code=spec.trust_remote_code)
     return (load_model(spec.name, dtype=spec.dtype, device=device, trust_remote_code=spec.trust_remote_code),
             load_tokenizer(spec.name, trust_remote_code=spec.trust_remote_code))
 
 
-def base_tokenizer(spec):
-    """The tokenizer `load_base(spec, ...)` pairs with its model, without loading the model."""
-    if spec.dry_run_random_init and (spec.name in HUB_ARCHS or spec.name in ARCHS):
+def base_tokenizer(spec, dry_run=None):
+    """The tokenizer `load_base(spec, ..., dry_run)` pairs with its model, without loading the model."""
+    if dry_run is not None and (spec.name in HUB_ARCHS or spec.name in ARCHS):
         return load_tokenizer("tiny-arith")  # recorded architectures run with the embedded tokenizer
     return load_tokenizer(spec.name, trust_remote_code=spec.trust_remote_code)
 

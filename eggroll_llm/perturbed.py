@@ -37,8 +37,10 @@ from .strategy import EggrollStrategy, LowRankNoise, Noise, Strategy, Target, ch
 
 
 def check_sigma(sigma: float) -> None:
-    if not (isinstance(sigma, (int, float)) and math.isfinite(sigma) and sigma > 0):
-        raise PopulationError(f"sigma must be a finite number > 0 (the paper uses ~1e-3 on real LLMs), got {sigma}")
+    """The one bound on σ (EggrollES and a recipe's es.sigma alike): a perturbation on the weights' own scale."""
+    if not (isinstance(sigma, (int, float)) and math.isfinite(sigma) and 0 < sigma <= 1):
+        raise PopulationError(f"sigma must be in (0, 1] (a perturbation on the weights' own scale; the paper uses "
+                              f"~1e-3 on real LLMs), got {sigma}")
 
 
 class TargetModulesError(ValueError):

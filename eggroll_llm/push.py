@@ -16,7 +16,7 @@ from huggingface_hub import HfApi, ModelCard, ModelCardData, get_token
 from huggingface_hub.errors import HfHubHTTPError
 from huggingface_hub.utils import validate_repo_id
 
-from .config import EggrollConfig, to_dict
+from .config import Recipe, to_dict
 from .hub import offline, require_hub
 
 HUB_DATASETS = {"gsm8k": "openai/gsm8k"}
@@ -38,7 +38,7 @@ def _score_rows(metrics: list[dict], key: str) -> list[tuple[str, dict]]:
 STRATEGY_TITLES = {"eggroll": "EGGROLL", "openai_es": "full-parameter ES"}
 
 
-def model_card(config: EggrollConfig, metrics: list[dict], summary: dict, base_model: str, *,
+def model_card(config: Recipe, metrics: list[dict], summary: dict, base_model: str, *,
                merged: bool = False) -> ModelCard:
     """The README.md of an export (`merged`: of its merged/ model): base model, method, data, results, settings."""
     from .models import EMBEDDED_MODELS

@@ -7,7 +7,7 @@
   may be reused by a plain rerun;
 - a resume must use the recipe the run started with: keys that only say how far or how a run goes
   (config.RUN_ONLY_KEYS, output_dir among them, so moved and copied runs resume) may change; each other change is
-  listed with its two values;
+  listed with its two values; a dry run (dry_run.json, beside config.yaml) resumes only as the same dry run;
 - temporary files and folders left by a killed run (`.*.tmp`, see io.py) are removed.
 """
 
@@ -24,24 +24,27 @@ from pathlib import Path
 import yaml
 from filelock import FileLock, Timeout
 
-from .config import EggrollConfig, flatten, is_run_only, to_dict
+from .config import DryRun, RunArgs, flatten, is_run_only, other_methods_keys, to_dict, upgrade
 from .io import WRITE_FIXES, WriteError, atomic_write_text
 from .rewards import NOT_IMPORTABLE
 
 LOCK_FILE, HOLDER_FILE = ".lock", ".lock.holder"
+DRY_RUN_FILE = "dry_run.json"  # how a dry run loaded its model (config.DryRun): not part of the recipe
 
 
 class RunDirBusy(ValueError):
     """Another process holds the run directory's lock."""
 
 
-def changed_keys(saved: dict, config: EggrollConfig) -> list[str]:
-    """`key: saved → now` for every recipe key (run-only keys aside) where `config` differs from a saved config.
+def changed_keys(saved: dict, config: RunArgs) -> list[str]:
+    """`key: saved → now` for every recipe key (run-only keys and the other method's section aside) where `config`
+    differs from a saved config.
 
     A dataset fingerprint that changed only warns: datasets gives data mapped with an unhashable function a new
     fingerprint each time, so the same rows can come back under another one."""
-    before, now = flatten(saved), flatten(to_dict(config))
-    differ = [key for key in sorted(set(before) | set(now)) if not is_run_only(key) and before.get(key) != now.get(key)]
+    before, now = flatten(upgrade(saved)), flatten(to_dict(config))
+    differ = [key for key in sorted(set(before) | set(now)) if not is_run_only(key) and before.get(key) != now.get(key)
+              and not other_methods_keys(config.method, key)]  # the other method's section: not what this run trains
     for key in [k for k in differ if k.endswith(".fingerprint")]:
         warnings.warn(f"{key} changed since the run started ({before.get(key)} → {now.get(key)}); resuming with the "
                       "dataset as given (same rows and columns)", stacklevel=2)
@@ -143,8 +146,31 @@ def remove_stale_temporaries(run_dir: Path) -> None:
             path.unlink(missing_ok=True)
 
 
-def prepare_run_dir(config: EggrollConfig, resume: bool, write: bool = True) -> tuple[Path, FileLock | None]:
-    """The run directory of `config`, locked and checked for a fresh start or a resume; writes config.yaml.
+def recorded_dry_run(run_dir: Path) -> DryRun | None:
+    """The dry run a run directory was written by (None: a run of real weights). Runs of earlier releases recorded it
+    in config.yaml's model section (dry_run_random_init, dry_run_shrink)."""
+    path = Path(run_dir) / DRY_RUN_FILE
+    if path.is_file():
+        return DryRun(**json.loads(path.read_text()))
+    saved = Path(run_dir) / "config.yaml"
+    model = ((yaml.safe_load(saved.read_text()) or {}).get("model") or {}) if saved.is_file() else {}
+    if model.get("dry_run_random_init"):
+        return DryRun("tiny" if model.get("dry_run_shrink") else "full")
+    return None
+
+
+def _check_same_dry_run(run_dir: Path, dry_run: DryRun | None) -> None:
+    before = recorded_dry_run(run_dir)
+    if before != dry_run:
+        said = {None: "without --dry_run"} | {d: f"with --dry_run {d.mode}" for d in (before, dry_run) if d}
+        raise ValueError(f"cannot resume {run_dir} {said[dry_run]}: it started {said[before]}; resume it the way it "
+                         "started")
+
+
+def prepare_run_dir(config: RunArgs, resume: bool, write: bool = True,
+                    dry_run: DryRun | None = None) -> tuple[Path, FileLock | None]:
+    """The run directory of `config`, locked and checked for a fresh start or a resume; writes config.yaml (and for
+    a `dry_run`, dry_run.json).
 
     With `write` False (the other processes of a distributed run) nothing is locked or written: (run_dir, None).
     """
@@ -159,12 +185,17 @@ def prepare_run_dir(config: EggrollConfig, resume: bool, write: bool = True) -> 
             if changed:
                 raise ValueError(f"cannot resume {run_dir} with a different recipe ({'; '.join(changed)}); resume "
                                  "with the recipe the run was started with")
+            _check_same_dry_run(run_dir, dry_run)
         if not resume and has_checkpoint(run_dir):
             raise FileExistsError(f"{run_dir} already holds a run; pass --resume (resume_from_checkpoint=True) to "
                                   "continue it or choose another output_dir")
         if write:
             remove_stale_temporaries(run_dir)
             atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(to_dict(config), sort_keys=False))
+            if dry_run is not None:
+                atomic_write_text(run_dir / DRY_RUN_FILE, json.dumps({"mode": dry_run.mode}))
+            elif not resume:  # a plain rerun in a folder a dry run left before its first checkpoint
+                (run_dir / DRY_RUN_FILE).unlink(missing_ok=True)
     except BaseException:
         if lock is not None:
             lock.release()

@@ -27,7 +27,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .checkpoint import checkpoint_step, list_checkpoints, load_checkpoint, save_checkpoint
-from .config import ConfigError, DataConfig, EggrollConfig, to_dict
+from .config import DataConfig, DryRun, EggrollConfig, Recipe, to_dict, trainer_args
 from .distributed import init_processes, shard_rows, shard_seed
 from .engine import SamplingParams, get_engine
 from .es import EggrollES, population_layout
@@ -85,15 +85,18 @@ class EggrollTrainer:
     chat messages); every other column reaches every reward function as a keyword list. processing_class: the
     tokenizer (default: loaded from the model's name). data_source: the recipe `data:` section the datasets were
     built from (`eggroll-llm train` passes it); None, the default, records the datasets' descriptions instead
-    (inputs.run_config). args.disable_tqdm also hides the model-loading and dataset bars of transformers/datasets.
+    (inputs.run_config). args: an EggrollConfig (or a Recipe with method: eggroll). args.disable_tqdm also hides the
+    model-loading and dataset bars of transformers/datasets. dry_run: a config.DryRun to start from a random-init
+    model of the named model's architecture (`eggroll-llm train --dry_run`); the run directory records it.
     """
 
-    def __init__(self, model, reward_funcs, train_dataset, eval_dataset=None, args: EggrollConfig | None = None,
-                 processing_class=None, data_source: DataConfig | None = None):
-        args = args or EggrollConfig()
-        if args.method != "eggroll":
-            raise ConfigError(f"args.method is {args.method!r}; EggrollTrainer runs method: eggroll (the GRPO "
-                              "baseline is grpo.GRPOBaselineTrainer)")
+    def __init__(self, model, reward_funcs, train_dataset, eval_dataset=None,
+                 args: EggrollConfig | Recipe | None = None, processing_class=None,
+                 data_source: DataConfig | None = None, dry_run: DryRun | None = None):
+        args = trainer_args(args or EggrollConfig(), EggrollConfig)
+        if dry_run is not None:
+            dry_run.check(args)
+        self.dry_run = dry_run
         if args.disable_tqdm:
             hide_progress_bars()
         self.rewards = RewardSet(reward_funcs, args.reward_weights)
@@ -103,7 +106,7 @@ class EggrollTrainer:
         self.processes = init_processes(args.distributed_timeout_s,
                                         cpu=default_device(args.model.device).startswith("cpu"))
         self.device = self.processes.device(args.model.device)
-        self.model, self.tokenizer = model_and_tokenizer(model, processing_class, args, self.device)
+        self.model, self.tokenizer = model_and_tokenizer(model, processing_class, args, self.device, dry_run)
         fit = dict(max_prompt_tokens=prompt_budget(self.model, args.generation.max_new_tokens),
                    long_prompts=args.data.long_prompts)
         self.train_set = PromptSet(train_dataset, self.tokenizer, "train_dataset", **fit)
@@ -138,7 +141,8 @@ class EggrollTrainer:
 
         A SIGINT or SIGTERM ends the current step, saves it and raises interrupt.Interrupted (see interrupt.py).
         """
-        run_dir, lock = prepare_run_dir(self.args, resume_from_checkpoint, write=self.processes.is_main)
+        run_dir, lock = prepare_run_dir(self.args, resume_from_checkpoint, write=self.processes.is_main,
+                                        dry_run=self.dry_run)
         trackers = open_trackers(self.args.report_to, run_dir, to_dict(self.args)) if self.processes.is_main else []
         log = MetricsLog(run_dir / "metrics.jsonl", trackers)
         try:

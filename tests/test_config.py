@@ -3,7 +3,10 @@
 The shipped recipes themselves are checked in test_recipes.py.
 """
 
+import dataclasses
+
 import pytest
+import yaml
 
 from eggroll_llm.config import ConfigError, EggrollConfig, describe, load_config, parse_overrides
 
@@ -45,8 +48,8 @@ def test_override_beats_recipe(tmp_path):
     (["--generation.temperature", "-0.5"], "temperature must be >= 0"),
     (["--generation.top_p", "0"], r"top_p must be in \(0, 1\]"),
     (["--es.fitness", "bogus"], "es.fitness must be one of group_centered, centered_rank, z_score, none"),
-    (["--es.lr", "0.5", "--es.weight_decay", "5"], "lr \\* es.weight_decay < 1"),
-    (["--es.momentum", "1.5"], r"es.momentum must be in \[0, 1\)"),
+    (["--es.lr", "0.5", "--es.weight_decay", "5"], "es.weight_decay must be >= 0 with lr \\* weight_decay < 1"),
+    (["--es.momentum", "1.5"], r"es.momentum must lie in \[0, 1\)"),
     (["--data.task", "null"], "set data.data_path"),
     (["--data.task", "mnist"], "data.task must be one of"),
     (["--rewards", "[gsm8k, format]", "--reward_weights", "[1]"], "reward_weights has 1 entries for 2"),
@@ -68,7 +71,6 @@ def test_override_beats_recipe(tmp_path):
     (["--method", "ppo"], "method must be eggroll or grpo"),
     (["--generation.gpu_memory_utilization", "0"], "gpu_memory_utilization must be in"),
     (["--method", "grpo", "--generation.engine", "vllm"], "GRPO samples with TRL's GRPOTrainer"),
-    (["--generation.engine", "vllm", "--model.dry_run_random_init", "true"], "cannot run a random-init model"),
     (["--es.sigma"], "needs a value"),
     (["--es.target_modules", "'(unclosed'"], r"es.target_modules '\(unclosed' is not a valid regular expression"),
     (["--rewards", "{a: 1}"], "rewards must be a list of str"),
@@ -121,21 +123,21 @@ def test_a_single_reward_name_is_a_list_of_one():
 
 
 def test_each_section_checks_itself_where_it_is_built_and_validate_keeps_the_cross_section_rules():
-    from eggroll_llm.config import DataConfig, GenerationConfig, GRPOBaselineConfig, ModelConfig, validate
+    from eggroll_llm.config import DataConfig, GenerationConfig, GRPOSection, ModelConfig, Recipe, validate
 
     with pytest.raises(ConfigError, match=r"generation.top_p must be in \(0, 1\]"):
         GenerationConfig(top_p=0.0)
     with pytest.raises(ConfigError, match="grpo.num_generations must be >= 2"):
-        GRPOBaselineConfig(num_generations=1)
+        GRPOSection(num_generations=1)
     with pytest.raises(ConfigError, match="set data.data_path"):
         DataConfig(task=None)
     with pytest.raises(ConfigError, match="model.dtype must be float32, bfloat16 or float16"):
         ModelConfig(dtype="float64")
     with pytest.raises(ConfigError, match="generation.temperature must be a finite number"):
         GenerationConfig(temperature=float("nan"))
-    assert GRPOBaselineConfig(prompts_per_step=3, num_generations=4).completions == 12
+    assert GRPOSection(prompts_per_step=3, num_generations=4).completions == 12
     # each section is fine alone; together they are not: validate says why
-    grpo_on_vllm = EggrollConfig(method="grpo", generation={"engine": "vllm"})
+    grpo_on_vllm = Recipe(method="grpo", generation={"engine": "vllm"})
     with pytest.raises(ConfigError, match="GRPO samples with TRL's GRPOTrainer"):
         validate(grpo_on_vllm)
 
@@ -147,3 +149,97 @@ def test_reward_weights_are_matched_to_the_rewards_once_they_are_known():
     assert EggrollConfig(reward_weights=[1.0, 0.1, 0.1]).reward_weights == [1.0, 0.1, 0.1]
     with pytest.raises(ConfigError, match="reward_weights has 3 entries for 1 reward functions"):
         validate(EggrollConfig(reward_weights=[1.0, 0.1, 0.1]))
+
+
+def test_a_recipe_resolves_into_its_methods_trainer_config_and_back():
+    """method: eggroll -> EggrollConfig (no grpo section); method: grpo -> GRPOBaselineConfig under TRL's names; a
+    run records either as the recipe it came from."""
+    from eggroll_llm.config import GRPOBaselineConfig, to_dict
+
+    section = {"prompts_per_step": 3, "num_generations": 4, "gradient_accumulation_steps": 2, "learning_rate": 1e-5,
+               "beta": 0.04, "lora_rank": 8}
+    grpo_recipe = load_config(None, {"method": "grpo", "grpo": section})
+    grpo = grpo_recipe.trainer_config()
+    assert isinstance(grpo, GRPOBaselineConfig) and grpo.method == "grpo"
+    assert (grpo.per_device_train_batch_size, grpo.gradient_accumulation_steps) == (6, 2)  # 12 completions per update
+    assert grpo.generation_batch_size == 12 and grpo.section() == grpo_recipe.grpo
+    assert (grpo.learning_rate, grpo.num_generations, grpo.beta, grpo.lora_rank) == (1e-5, 4, 0.04, 8)
+    assert not hasattr(grpo, "es") and to_dict(grpo) == to_dict(grpo_recipe)
+    eggroll_recipe = load_config(None, ["--es.sigma", "0.05", "--max_steps", "7"])
+    eggroll = eggroll_recipe.trainer_config()
+    assert isinstance(eggroll, EggrollConfig) and not hasattr(eggroll, "grpo")
+    assert (eggroll.es.sigma, eggroll.max_steps) == (0.05, 7) and to_dict(eggroll) == to_dict(eggroll_recipe)
+
+
+def test_grpo_baseline_config_names_are_trls():
+    """Every GRPO hyper-parameter of GRPOBaselineConfig that TRL knows carries TRL's GRPOConfig name."""
+    trl = pytest.importorskip("trl")
+    from eggroll_llm.config import GRPOBaselineConfig, RunArgs
+
+    own = {f.name for f in dataclasses.fields(GRPOBaselineConfig)} - {f.name for f in dataclasses.fields(RunArgs)}
+    assert own - {f.name for f in dataclasses.fields(trl.GRPOConfig)} == {"lora_rank"}  # PEFT's LoraConfig r
+
+
+def test_a_trainer_takes_its_own_config_or_a_recipe_of_its_method():
+    from eggroll_llm.config import GRPOBaselineConfig, Recipe, trainer_args
+
+    assert isinstance(trainer_args(Recipe(method="grpo"), GRPOBaselineConfig), GRPOBaselineConfig)
+    config = EggrollConfig(max_steps=3)
+    assert trainer_args(config, EggrollConfig) is config
+    with pytest.raises(ConfigError, match="args.method is 'grpo'; this trainer runs method: eggroll"):
+        trainer_args(Recipe(method="grpo"), EggrollConfig)
+    with pytest.raises(ConfigError, match="args must be a GRPOBaselineConfig"):
+        trainer_args(config, GRPOBaselineConfig)
+
+
+@pytest.mark.parametrize("section, values, needle", [
+    ("ModelConfig", {"dtype": "int8"}, "model.dtype must be float32, bfloat16 or float16"),
+    ("DataConfig", {"eval_limit": 0}, "data.eval_limit must be >= 1"),
+    ("GenerationConfig", {"engine": "tgi"}, "generation.engine must be hf or vllm"),
+    ("ESConfig", {"sigma": 0.0}, r"es.sigma must be in \(0, 1\]"),
+    ("ESConfig", {"lr": -1.0}, "es.lr must be > 0"),
+    ("ESConfig", {"population_size": 6, "members_per_prompt": 4}, "es.members_per_prompt 4 must divide"),
+    ("GRPOSection", {"gradient_accumulation_steps": 3}, "grpo.gradient_accumulation_steps 3 must divide the 64"),
+    ("GRPOBaselineConfig", {"per_device_train_batch_size": 6, "num_generations": 4},
+     "= 6 completions per update must be a multiple of num_generations 4"),
+    ("GRPOBaselineConfig", {"beta": -0.1}, "beta must be >= 0"),
+    ("EggrollConfig", {"max_steps": 0}, "max_steps must be >= 1"),
+    ("EggrollConfig", {"es": {"rank": 0}}, "es.rank must be >= 1"),
+    ("Recipe", {"method": "ppo"}, "method must be eggroll or grpo"),
+])
+def test_each_section_refuses_a_bad_value_where_it_is_built_in_one_line(section, values, needle):
+    import eggroll_llm.config as config
+
+    with pytest.raises(ConfigError, match=needle) as raised:
+        getattr(config, section)(**values)
+    assert "\n" not in str(raised.value)
+
+
+def test_es_section_bounds_are_the_ones_eggroll_es_checks():
+    """es.sigma and the optimizer settings are checked by the functions EggrollES uses: one bound each."""
+    import torch
+
+    from eggroll_llm.config import ESConfig
+    from eggroll_llm.es import EggrollES
+
+    model = torch.nn.Sequential(torch.nn.Linear(4, 4))
+    for bad in ({"sigma": -0.5}, {"sigma": 2.0}, {"momentum": 1.0}, {"lr": 0.5, "weight_decay": 4.0}):
+        with pytest.raises(ConfigError) as from_config:
+            ESConfig(**bad)
+        with pytest.raises(ValueError) as from_es:
+            EggrollES(model, **{"population_size": 4, "sigma": 0.1, "lr": 0.1, **bad})
+        assert str(from_config.value) == f"es.{from_es.value}"
+
+
+def test_a_config_yaml_with_the_old_dry_run_flags_still_loads(tmp_path):
+    """Earlier releases wrote model.dry_run_random_init / dry_run_shrink into config.yaml: such runs still load, and
+    compare groups them with runs written without the flags."""
+    from eggroll_llm.compare import recipe_of
+    from eggroll_llm.config import to_dict
+
+    old = to_dict(load_config(None, ["--seed", "1"]))
+    old["model"].update(dry_run_random_init=False, dry_run_shrink=False)
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(old))
+    config = load_config(tmp_path / "config.yaml")
+    assert config.seed == 1 and not hasattr(config.model, "dry_run_random_init")  # not a recipe key any more
+    assert recipe_of(old) == recipe_of(to_dict(load_config(None)))

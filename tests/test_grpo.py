@@ -20,7 +20,7 @@ from eggroll_llm import inputs as inputs_module
 from eggroll_llm import recipe as recipe_module
 from eggroll_llm import tiny_arith
 from eggroll_llm.compare import compare
-from eggroll_llm.config import ConfigError, EggrollConfig, load_config
+from eggroll_llm.config import ConfigError, GRPOBaselineConfig, load_config
 from eggroll_llm.grpo import GRPOBaselineTrainer
 from eggroll_llm.models import EMBEDDED_MODELS, resolve_model
 from eggroll_llm.recipe import run_recipe
@@ -201,9 +201,10 @@ def test_the_python_api_takes_a_conversational_dataset_and_callables(model_name,
         return parity_reward(prompts, completions, completion_ids)
 
     dataset = datasets.Dataset.from_list(rows)
-    args = EggrollConfig(method="grpo", output_dir=str(tmp_path / "py"), max_steps=1, eval_every=1, save_every=1,
-                         disable_tqdm=True, generation={"max_new_tokens": MAX_NEW_TOKENS},
-                         grpo={"prompts_per_step": PROMPTS, "num_generations": GENERATIONS, "lora_rank": 4})
+    args = GRPOBaselineConfig(output_dir=str(tmp_path / "py"), max_steps=1, eval_every=1, save_every=1,
+                              disable_tqdm=True, generation={"max_new_tokens": MAX_NEW_TOKENS},
+                              per_device_train_batch_size=PROMPTS * GENERATIONS, num_generations=GENERATIONS,
+                              lora_rank=4)
     run = GRPOBaselineTrainer(model=model_name, reward_funcs=[reward], train_dataset=dataset,
                               eval_dataset=dataset.select(range(2)), args=args).train().run_dir
     # held-out evaluation at step 0 (2 prompts), TRL's step 1 (PROMPTS x GENERATIONS), held-out evaluation again

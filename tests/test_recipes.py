@@ -19,10 +19,11 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
 from eggroll_llm.cli import build_parser, dashed_flags, main
-from eggroll_llm.config import GSM8K_SAMPLE, ConfigError, dry_run_overrides, load_config
+from eggroll_llm.config import GSM8K_SAMPLE, DryRun, dry_run_overrides, load_config
 from eggroll_llm.grpo import check_grpo
 from eggroll_llm.inputs import RewardSet
 from eggroll_llm.models import ARCHS, EMBEDDED_MODELS, HUB_ARCHS, SHRUNK, arch_config, random_init_model
+from eggroll_llm.rundir import recorded_dry_run
 from eggroll_llm.runlog import MetricsLog
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -143,7 +144,7 @@ def test_gpu_recipe_dry_run_one_step(recipe, offline_hub, tmp_path, capsys):
     recipe_values = yaml.safe_load(recipe.read_text())
     assert saved["model"]["name"] == recipe_values["model"]["name"]
     assert saved["model"]["dtype"] == recipe_values["model"]["dtype"]
-    assert saved["model"]["dry_run_random_init"] and saved["model"]["dry_run_shrink"] and saved["max_steps"] == 1
+    assert saved["max_steps"] == 1 and recorded_dry_run(run) == DryRun("tiny")  # beside the recipe, not in it
     if recipe_values["method"] == "eggroll":
         assert records[1]["update_norm"] > 0  # the fold really ran
         in_place = recipe_values["es"].get("adapter_rank", 8) is None  # full-parameter ES: the model is what trained
@@ -166,6 +167,8 @@ def test_dry_run_needs_no_data_flag_offline_and_writes_to_a_fresh_temporary_fold
     saved = yaml.safe_load((run / "config.yaml").read_text())
     assert saved["data"]["data_path"] == str(GSM8K_SAMPLE)  # the shipped sample, not the Hub
     assert (saved["es"]["population_size"], saved["generation"]["max_new_tokens"]) == (4, 8)  # a step of seconds
+    assert set(saved["model"]) == set(load_config(recipe).model.__dataclass_fields__)  # no dry-run flags in it
+    assert json.loads((run / "dry_run.json").read_text()) == {"mode": "tiny"}
 
 
 def test_dry_run_modes_and_overrides():
@@ -173,7 +176,7 @@ def test_dry_run_modes_and_overrides():
     assert parser.parse_known_args(dashed_flags(["train", "r.yaml", "--dry_run"], parser))[0].dry_run == "full"
     assert parser.parse_known_args(["train", "r.yaml", "--dry-run", "tiny"])[0].dry_run == "tiny"
     full = dry_run_overrides("full", {"output_dir": "x", "data": {"eval_limit": 5}})
-    assert full["model"] == {"dry_run_random_init": True, "dry_run_shrink": False}
+    assert "model" not in full  # how the model loads is DryRun's, not the recipe's
     assert (full["output_dir"], full["data"]["eval_limit"], full["max_steps"]) == ("x", 5, 1)  # the user's win
     assert "es" not in full and "generation" not in full  # a full dry run keeps the recipe's sizes
     tiny = dry_run_overrides("tiny", {"output_dir": "x", "generation": {"max_new_tokens": 16}})
@@ -186,7 +189,6 @@ def test_dry_run_modes_and_overrides():
 @pytest.mark.parametrize("argv, needle", [
     (["--grpo.gradient_accumulation_steps", "3"], "gradient_accumulation_steps 3 must divide the 16 completions"),
     (["--grpo.num_generations", "1"], "num_generations must be >= 2"),
-    (["--model.dry_run_shrink", "true"], "set model.dry_run_random_init too"),
 ])
 def test_bad_grpo_recipe_is_refused_before_any_work(argv, needle, tmp_path, capsys):
     run = tmp_path / "run"
@@ -196,9 +198,21 @@ def test_bad_grpo_recipe_is_refused_before_any_work(argv, needle, tmp_path, caps
     assert not run.exists()
 
 
-def test_dry_run_shrink_needs_random_init():
-    with pytest.raises(ConfigError, match="dry_run_random_init"):
-        load_config(None, {"model": {"dry_run_shrink": True}})
+def test_a_dry_run_refuses_the_vllm_engine_before_any_work(tmp_path, capsys):
+    """vLLM loads the weights from model.name itself: it cannot run the random-init model a dry run builds."""
+    run = tmp_path / "run"
+    code = main(["train", str(ROOT / "recipes" / "gsm8k-qwen2.5-0.5b-eggroll.yaml"), "--dry_run", "tiny",
+                 "--generation.engine", "vllm", "--output_dir", str(run)])
+    _, err = capsys.readouterr()
+    assert code == 2 and "cannot run the random-init model of a dry run" in err and err.count("\n") == 1
+    assert not run.exists()
+
+
+def test_recipes_of_earlier_releases_with_dry_run_flags_still_load():
+    """model.dry_run_random_init / dry_run_shrink were recipe keys once; they are accepted and dropped (a dry run is
+    asked for with --dry_run)."""
+    config = load_config(None, {"model": {"dry_run_random_init": True, "dry_run_shrink": True, "name": "tiny-arith"}})
+    assert config.model.name == "tiny-arith" and not hasattr(config.model, "dry_run_shrink")
 
 
 def test_a_single_data_file_warns_that_it_is_also_the_held_out_set(tmp_path):

@@ -7,7 +7,7 @@ import yaml
 from filelock import FileLock
 
 from eggroll_llm import rundir
-from eggroll_llm.config import EggrollConfig, to_dict
+from eggroll_llm.config import DryRun, EggrollConfig, flatten, to_dict
 from eggroll_llm.io import WriteError
 from eggroll_llm.rundir import (
     RunDirBusy,
@@ -16,6 +16,7 @@ from eggroll_llm.rundir import (
     check_resumable,
     check_writable,
     prepare_run_dir,
+    recorded_dry_run,
     remove_stale_temporaries,
 )
 
@@ -102,3 +103,45 @@ def test_stale_temporaries_are_removed_and_nothing_else(tmp_path):
     remove_stale_temporaries(tmp_path)
     assert sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*")) == [
         "checkpoints", "checkpoints/step-000001", "notes.tmp"]
+
+
+def test_a_dry_run_is_recorded_beside_the_recipe_and_resumes_only_as_one(tmp_path):
+    """config.yaml holds the recipe alone; how a dry run loaded its model goes to dry_run.json."""
+    run = tmp_path / "run"
+    _, lock = prepare_run_dir(config(run), resume=False, dry_run=DryRun("tiny"))
+    lock.release()
+    saved = yaml.safe_load((run / "config.yaml").read_text())
+    assert not any("dry_run" in key for key in flatten(saved)) and saved == to_dict(config(run))
+    assert recorded_dry_run(run) == DryRun("tiny")
+    with pytest.raises(ValueError, match="cannot resume .* without --dry_run: it started with --dry_run tiny"):
+        prepare_run_dir(config(run), resume=True)
+    with pytest.raises(ValueError, match="with --dry_run full: it started with --dry_run tiny"):
+        prepare_run_dir(config(run), resume=True, dry_run=DryRun("full"))
+    _, lock = prepare_run_dir(config(run), resume=True, dry_run=DryRun("tiny"))
+    lock.release()
+    _, lock = prepare_run_dir(config(run), resume=False)  # no checkpoint yet: a plain rerun is a real run
+    lock.release()
+    assert recorded_dry_run(run) is None
+
+
+def test_a_run_of_an_earlier_release_with_dry_run_flags_in_config_yaml_resumes(tmp_path):
+    run = tmp_path / "old"
+    run.mkdir()
+    old = to_dict(config(run, seed=2))
+    old["model"].update(dry_run_random_init=True, dry_run_shrink=True)
+    (run / "config.yaml").write_text(yaml.safe_dump(old))
+    assert recorded_dry_run(run) == DryRun("tiny")
+    assert changed_keys(old, config(run, seed=2)) == []  # the old flags are not a change of recipe
+    _, lock = prepare_run_dir(config(run, seed=2), resume=True, dry_run=DryRun("tiny"))
+    lock.release()
+    assert "dry_run_shrink" not in (run / "config.yaml").read_text() and recorded_dry_run(run) == DryRun("tiny")
+
+
+def test_a_resume_ignores_the_other_methods_section(tmp_path):
+    """A recipe may carry both methods' sections; an EGGROLL run records its grpo: section at the defaults, and a
+    config.yaml that recorded another grpo: section resumes all the same (it never trained with it)."""
+    saved = to_dict(config(tmp_path / "a"))
+    saved["grpo"]["num_generations"] = 16
+    assert changed_keys(saved, config(tmp_path / "a")) == []
+    saved["es"]["sigma"] = 0.5
+    assert changed_keys(saved, config(tmp_path / "a")) == ["es.sigma: 0.5 → 0.02"]
