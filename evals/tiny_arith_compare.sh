@@ -86,7 +86,7 @@ dirs=()
 for m in "${methods[@]}"; do
   for ((seed = 0; seed < seeds; seed++)); do dirs+=("$runs/$m-seed$seed"); done
 done
-eggroll-llm compare "${dirs[@]}" --out "$results" --force
+eggroll-llm compare "${dirs[@]}" --labels "$recipes" --out "$results" --force  # groups named by their recipes
 # what each run changed: tiny-arith, the share of greedy held-out answers that show their work; tiny-countdown, the
 # share of 4-number answers whose worked search stops short (the diagnostics script named in $modes)
 eval+=(--split validation --limit "$limit" --json)
