@@ -7,7 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ ! -x .venv-zoo/bin/python ]; then
   python3 -m venv .venv-zoo
-  .venv-zoo/bin/pip install -q torch==2.13.0 numpy cmaes scikit-learn matplotlib
+  .venv-zoo/bin/pip install -q torch==2.13.0 numpy cmaes ribs scikit-learn matplotlib
   .venv-zoo/bin/pip install -q "jax[cpu]" evosax==0.3.2
   .venv-zoo/bin/pip install -q --no-deps evotorch==0.6.1
   .venv-zoo/bin/pip install -q packaging pandas cma ray gymnasium
