@@ -7,10 +7,11 @@ glue to the ES engine (es.py):
 - the search space is every target parameter flattened into one vector θ (d numbers, in `es.targets` order);
 - a step's members are candidates of the library's current distribution, x_i = m + σ_t B D z_i (separable:
   m + σ_t D ⊙ z_i), m, σ_t, B, D the library's mean, step size and eigendecomposition of C, as its own `ask()`
-  forms them; z_i are standard normals drawn all at once from the engine's keyed generators (the parameter's noise
-  key, seed / step / target index), not one candidate at a time from the library's NumPy generator, whose
+  forms them; z_i are standard normals drawn all at once from the engine's keyed generator (the first target's
+  noise key: seed / step / index), not one candidate at a time from the library's NumPy generator, whose
   per-candidate draws cost more than the rest of a generation on a 10k-parameter network. The engine sees
-  DenseNoise ε_i = (x_i − m) / σ, σ its own fixed `sigma`, so member i scores θ + σ ε_i = x_i;
+  DenseNoise ε_i = σ_t B D z_i / σ (fp32, σ its own fixed `sigma`), so member i scores θ + σ ε_i = x_i, and the
+  library is told exactly those points;
 - `update(fitness)` tells the library (x_i, −f_i) (it minimises), and the ascent direction is the library's new
   mean minus θ: with SGD at lr 1 the centre is the library's mean (in the parameters' dtype) after every step.
 
@@ -30,7 +31,7 @@ from torch import Tensor
 
 from .noise import noise_seed
 from .optim import SGD
-from .strategy import DenseNoise, Noise, Strategy, Target, gaussian
+from .strategy import DenseNoise, Noise, Strategy, Target
 
 FULL_MAX_DIM = 1000
 
@@ -88,20 +89,21 @@ class CMAStrategy(Strategy):
         return DenseNoise(E.reshape(num_pairs, *target.shape).to(target.param.device))
 
     def sample(self, num_pairs: int) -> None:
-        """candidates x_i = m + σ_t y_i, y_i = B D z_i ~ N(0, C), from the library's current state, in the order of
-        operations of its `ask()` (whose eigendecomposition is cached until `tell`); z_i from each target's key.
-        In place where it can: on a network every [λ, d] temporary is megabytes."""
-        pop = self.es.population
-        z = torch.cat([gaussian(t, noise_seed(pop.seed, pop.step, pop.noise_reuse, t.index), num_pairs).E
-                       .reshape(num_pairs, -1).cpu() for t in self.es.targets.values()], dim=1).double()  # [λ, d]
+        """ε_i = σ_t B D z_i / σ from the library's current state (B D z_i ~ N(0, C), as its `ask()` forms it; its
+        eigendecomposition stays cached until `tell`), z from the first target's key; the candidates the library is
+        told are what the engine scores, x_i = m + σ ε_i. fp32 and in place where it can: on a network every
+        [λ, d] temporary is megabytes."""
+        pop, first = self.es.population, next(iter(self.es.targets.values()))
+        generator = torch.Generator().manual_seed(noise_seed(pop.seed, pop.step, pop.noise_reuse, first.index))
+        z = torch.randn(num_pairs, len(self.lib.mean), generator=generator)                 # [λ, d] fp32, one draw
+        ratio = self.lib._sigma / pop.sigma
         if self.diagonal:
-            y = z.mul_(torch.from_numpy(self.lib._eigen_decomposition()))                             # D ⊙ z
+            eps = z.mul_(torch.from_numpy(self.lib._eigen_decomposition() * ratio).to(torch.float32))   # D ⊙ z
         else:
             B, D = self.lib._eigen_decomposition()
-            y = z @ torch.from_numpy(B * D).T                                                         # B D z
-        step = y.mul_(self.lib._sigma)                                                                # x_i − m
-        self.candidates = (step + torch.from_numpy(self.lib.mean)).numpy()
-        self.directions = step.div_(pop.sigma).to(torch.float32)  # the engine scores θ + σ ε with its fixed σ
+            eps = (z.double() @ torch.from_numpy(B * (D * ratio)).T).to(torch.float32)                # B D z
+        self.directions = eps
+        self.candidates = torch.add(torch.from_numpy(self.lib.mean), eps, alpha=pop.sigma).numpy()   # fp64, one pass
 
     def update(self, fitness: Tensor) -> None:
         if self.candidates is None:

@@ -311,8 +311,8 @@ def worker(jobs: list[dict]) -> None:
     torch.set_num_threads(1)
     for job in jobs:
         result = RUNNERS[job["library"], job["part"]](job)
-        if result is not None:
-            print(json.dumps({**job, **result}), flush=True)
+        if result is not None:   # the 1-minute load when the run ended: the machine may be shared
+            print(json.dumps({**job, **result, "load_average": os.getloadavg()[0]}), flush=True)
 
 
 def plan(args: argparse.Namespace) -> list[dict]:

@@ -98,7 +98,8 @@ def test_cma_es_is_the_cmaes_librarys_own_ask_tell_loop_on_the_engines_normals(s
     ref = (cmaes.SepCMA if separable else cmaes.CMA)(mean=np.zeros(10), sigma=0.3, population_size=10)
     target, shift = es.targets["x"], SHIFT.double().numpy()
     for step in range(25):
-        z = gaussian(target, noise_seed(7, step, 1, target.index), 10).E.double().numpy()
+        z = torch.randn(10, 10, generator=torch.Generator().manual_seed(noise_seed(7, step, 1, target.index)))
+        z = z.double().numpy()
         ref._rng = Normals(z)
         xs = [ref.ask() for _ in range(10)]
         members = []
@@ -111,7 +112,7 @@ def test_cma_es_is_the_cmaes_librarys_own_ask_tell_loop_on_the_engines_normals(s
         np.testing.assert_allclose(np.stack(members), np.stack(xs), rtol=1e-6, atol=1e-6)
         ref.tell([(x, float(((x - shift) ** 2).sum())) for x in xs])
         np.testing.assert_allclose(model.x.detach().double().numpy(), ref.mean, rtol=1e-6, atol=1e-6)
-    assert es.strategy.sigma == pytest.approx(ref._sigma, rel=1e-9)
+    assert es.strategy.sigma == pytest.approx(ref._sigma, rel=1e-6)
     assert type(es.strategy.lib) is (cmaes.SepCMA if separable else cmaes.CMA)
 
 
