@@ -173,14 +173,14 @@ def plot(summary: list[dict], path: Path) -> None:
     for r in digits:   # CPU time where recorded: wall-clock on a shared machine also counts the other jobs
         r["ms_per_generation"] = 1e3 * r.get("cpu_s_per_generation", r["s_per_generation"])
     bars(axes[2, 1], digits, DIGITS["strategies"], value="ms_per_generation", log=False)
-    axes[2, 1].set_title("digits MLP: CPU ms per generation (one thread)")
+    axes[2, 1].set_title("digits MLP: ms a generation (CPU where recorded)")
     maze = [r for r in summary if r["part"] == "maze"]
     axes[2, 2].bar([r["strategy"] for r in maze], [r["final_mean"] for r in maze], color="tab:orange")
     axes[2, 2].axhline(-0.1, color="k", ls="--", lw=1)
-    axes[2, 2].set_title("deceptive maze: best centre reward (solved above the line)")
+    axes[2, 2].set_title("maze: best centre reward (solved above the line)")
     qd = [r for r in summary if r["part"] == "qd"]
-    for ax, key, title in ((axes[0, 3], "final_values", "MAP-Elites on the maze: coverage of the 20 × 20 grid"),
-                           (axes[1, 3], "best_values", "MAP-Elites on the maze: best reward in the archive")):
+    for ax, key, title in ((axes[0, 3], "final_values", "MAP-Elites, maze: coverage of 20 × 20 cells"),
+                           (axes[1, 3], "best_values", "MAP-Elites, maze: best reward in the archive")):
         ax.bar([r["library"] for r in qd], [statistics.fmean(r[key]) for r in qd],
                yerr=[[statistics.fmean(r[key]) - min(r[key]) for r in qd],
                      [max(r[key]) - statistics.fmean(r[key]) for r in qd]],
