@@ -5,17 +5,22 @@ updates; `cmaes.SepCMA`, the separable variant of Ros & Hansen 2008, for many pa
 glue to the ES engine (es.py):
 
 - the search space is every target parameter flattened into one vector θ (d numbers, in `es.targets` order);
-- a step's members are the library's own candidates x_i = lib.ask() (drawn from its own seeded generator at the
-  first `population.noise` of the step), handed to the engine as DenseNoise ε_i = (x_i − m) / σ, m the library's
-  mean, so member i scores θ + σ ε_i = x_i;
+- a step's members are candidates of the library's current distribution, x_i = m + σ_t B D z_i (separable:
+  m + σ_t D ⊙ z_i), m, σ_t, B, D the library's mean, step size and eigendecomposition of C, as its own `ask()`
+  forms them; z_i are standard normals drawn all at once from the engine's keyed generator (the first target's
+  noise key: seed / step / index), not one candidate at a time from the library's NumPy generator, whose
+  per-candidate draws cost more than the rest of a generation on a 10k-parameter network. The engine sees
+  DenseNoise ε_i = σ_t B D z_i / σ (fp32, σ its own fixed `sigma`), so member i scores θ + σ ε_i = x_i, and the
+  library is told exactly those points;
 - `update(fitness)` tells the library (x_i, −f_i) (it minimises), and the ascent direction is the library's new
   mean minus θ: with SGD at lr 1 the centre is the library's mean (in the parameters' dtype) after every step.
 
 So `EggrollES(model, strategy="cma_es", population_size=λ, sigma=σ0, lr=1.0, seed=s)` follows the trajectory of
-`cmaes.CMA(mean=θ0, sigma=σ0, population_size=λ, seed=s)` driven by its own ask/tell loop. The library's state
-(mean, σ, covariance, evolution paths, generator) is saved as tensors in the ES object's state dict and restored
-exactly; nothing is pickled. Full covariance up to `full_max_dim` parameters (the library's eigendecomposition is
-O(d³) per generation), separable above it, or as `separable=` says.
+`cmaes.CMA(mean=θ0, sigma=σ0, population_size=λ)` told the same candidates: the library's update, step by step,
+with the engine's noise. The library's state (mean, σ, covariance, evolution paths) is saved as tensors in the ES
+object's state dict and restored exactly; nothing is pickled, and the noise regenerates from its keys. Full
+covariance up to `full_max_dim` parameters (the library's eigendecomposition is O(d³) per generation), separable
+above it, or as `separable=` says.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .noise import noise_seed
 from .optim import SGD
 from .strategy import DenseNoise, Noise, Strategy, Target
 
@@ -46,8 +52,9 @@ class CMAStrategy(Strategy):
 
     def __init__(self, separable: bool | None = None, full_max_dim: int = FULL_MAX_DIM):
         self.separable, self.full_max_dim = separable, full_max_dim
-        self.es, self.lib, self.slices = None, None, {}
+        self.es, self.lib, self.slices, self.diagonal = None, None, {}, False
         self.candidates: np.ndarray | None = None    # [λ, d] fp64: this step's x_i, drawn at its first noise()
+        self.directions: Tensor | None = None        # [λ, d] fp32: ε_i = (x_i − m) / σ (the engine's σ)
 
     def setup(self, es) -> None:
         pop, opt = es.population, es.optimizer
@@ -68,18 +75,35 @@ class CMAStrategy(Strategy):
             self.slices[name] = slice(start, start + t.param.numel())
             start += t.param.numel()
         mean = np.concatenate([t.param.detach().double().cpu().reshape(-1).numpy() for t in es.targets.values()])
-        separable = len(mean) > self.full_max_dim if self.separable is None else self.separable
+        self.diagonal = len(mean) > self.full_max_dim if self.separable is None else self.separable
         self.es = es
-        self.lib = (cmaes.SepCMA if separable else cmaes.CMA)(mean=mean, sigma=pop.sigma,
-                                                              population_size=pop.population_size, seed=pop.seed)
+        self.lib = (cmaes.SepCMA if self.diagonal else cmaes.CMA)(mean=mean, sigma=pop.sigma,
+                                                                  population_size=pop.population_size)
 
     def noise(self, target: Target, key: int, num_pairs: int) -> Noise:
-        """The library's candidates of this step (its own generator; `key` is not used), as (x_i − m) / σ."""
+        """This step's directions ε_i = (x_i − m) / σ of `target` (columns of one draw over all targets, made at the
+        first call of the step)."""
         if self.candidates is None:
-            self.candidates = np.stack([self.lib.ask() for _ in range(num_pairs)])          # [λ, d]
-        part = self.candidates[:, self.slices[target.name]] - self.lib.mean[self.slices[target.name]]
-        E = torch.from_numpy(part / self.es.population.sigma).to(torch.float32)
-        return DenseNoise(E.view(num_pairs, *target.shape).to(target.param.device))
+            self.sample(num_pairs)
+        E = self.directions[:, self.slices[target.name]]
+        return DenseNoise(E.reshape(num_pairs, *target.shape).to(target.param.device))
+
+    def sample(self, num_pairs: int) -> None:
+        """ε_i = σ_t B D z_i / σ from the library's current state (B D z_i ~ N(0, C), as its `ask()` forms it; its
+        eigendecomposition stays cached until `tell`), z from the first target's key; the candidates the library is
+        told are what the engine scores, x_i = m + σ ε_i. fp32 and in place where it can: on a network every
+        [λ, d] temporary is megabytes."""
+        pop, first = self.es.population, next(iter(self.es.targets.values()))
+        generator = torch.Generator().manual_seed(noise_seed(pop.seed, pop.step, pop.noise_reuse, first.index))
+        z = torch.randn(num_pairs, len(self.lib.mean), generator=generator)                 # [λ, d] fp32, one draw
+        ratio = self.lib._sigma / pop.sigma
+        if self.diagonal:
+            eps = z.mul_(torch.from_numpy(self.lib._eigen_decomposition() * ratio).to(torch.float32))   # D ⊙ z
+        else:
+            B, D = self.lib._eigen_decomposition()
+            eps = (z.double() @ torch.from_numpy(B * (D * ratio)).T).to(torch.float32)                # B D z
+        self.directions = eps
+        self.candidates = torch.add(torch.from_numpy(self.lib.mean), eps, alpha=pop.sigma).numpy()   # fp64, one pass
 
     def update(self, fitness: Tensor) -> None:
         if self.candidates is None:
@@ -87,7 +111,7 @@ class CMAStrategy(Strategy):
                                "population (es.step, or es.evaluate / es.members) before es.tell")
         values = (-fitness.double()).tolist()
         self.lib.tell([(x, v) for x, v in zip(self.candidates, values)])
-        self.candidates = None
+        self.candidates = self.directions = None
 
     def gradient(self, target: Target, noise: Noise, weights: Tensor) -> Tensor:
         new = torch.from_numpy(self.lib.mean[self.slices[target.name]]).view(target.shape)
@@ -99,20 +123,14 @@ class CMAStrategy(Strategy):
         return float(self.lib._sigma)
 
     def state_dict(self) -> dict[str, Tensor]:
-        """The library's own serialised state (what it pickles, its arrays and numbers) and its generator's state,
-        as tensors."""
-        state = {f"cma.{k}": torch.from_numpy(np.array(v)) for k, v in self.lib.__getstate__().items()
-                 if v is not None}
-        _, keys, pos, has_gauss, cached = self.lib._rng.get_state()
-        state.update({"rng.keys": torch.from_numpy(keys.astype(np.int64)), "rng.pos": torch.tensor(pos),
-                      "rng.has_gauss": torch.tensor(has_gauss),
-                      "rng.cached": torch.tensor(cached, dtype=torch.float64)})
-        return state
+        """The library's own serialised state (what it pickles, its arrays and numbers), as tensors."""
+        return {f"cma.{k}": torch.from_numpy(np.array(v)) for k, v in self.lib.__getstate__().items()
+                if v is not None}
 
     def load_state_dict(self, state: dict[str, Tensor]) -> None:
-        if "rng.keys" not in state:
-            raise ValueError("state has no cma_es state (strategy.cma.*, strategy.rng.*): load a checkpoint of a "
-                             "cma_es run over the same targets")
+        if "cma._mean" not in state:
+            raise ValueError("state has no cma_es state (strategy.cma.*): load a checkpoint of a cma_es run over "
+                             "the same targets")
         fresh = self.lib.__getstate__()
         restored = {}
         for k, like in fresh.items():
@@ -124,9 +142,7 @@ class CMAStrategy(Strategy):
             else:
                 restored[k] = saved.numpy().copy()
         self.lib.__setstate__(restored)
-        self.lib._rng.set_state(("MT19937", state["rng.keys"].numpy().astype(np.uint32), int(state["rng.pos"]),
-                                 int(state["rng.has_gauss"]), float(state["rng.cached"])))
-        self.candidates = None
+        self.candidates = self.directions = None
 
     def __repr__(self) -> str:
         return f"CMAStrategy(separable={self.separable}, full_max_dim={self.full_max_dim})"

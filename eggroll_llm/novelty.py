@@ -15,7 +15,9 @@ and the fitness the ES climbs is a transform of reward and novelty (§3), each t
           whenever the centre's reward improves.
 
 After every update the centre's behaviour joins the archive (the paper adds one per generation and agent). The
-paper's meta-population of M agents is left to the caller (one NoveltySearch per agent); this is M = 1.
+paper's meta-population of M agents is left to the caller: one NoveltySearch per agent, all given the same
+`archive=`, and each generation the caller steps the agent it picks (the paper: with probability proportional to
+the novelty of its centre, `archive.novelty`). One search alone is M = 1.
 
     es = EggrollES(model, population_size=32, sigma=0.1, lr=0.05, strategy="openai_es", fitness="none")
     search = NoveltySearch(es, behaviour_fn, reward_fn, method="nsra")
@@ -72,19 +74,20 @@ class NoveltySearch:
 
     Build the ES with `fitness="none"`: the transform already gives centred ranks. `reward_fn(model) -> float` and
     `behaviour_fn(model) -> tensor` are called on the model holding one member (`step`) or the centre (after each
-    update, for the archive and NSRA's weight).
+    update, for the archive and NSRA's weight). `archive`: a NoveltyArchive to share with other agents (its own k
+    then applies; default a new one with `k`).
     """
 
     def __init__(self, es, behaviour_fn: Callable[[nn.Module], Tensor], reward_fn: Callable[[nn.Module], float],
                  method: str = "nsra", k: int = 10, weight: float = 1.0, weight_step: float = 0.05,
-                 patience: int = 10):
+                 patience: int = 10, archive: NoveltyArchive | None = None):
         if method not in METHODS:
             raise ValueError(f"novelty method must be one of {', '.join(METHODS)}, got {method!r}")
         if not 0 <= weight <= 1 or not 0 <= weight_step <= 1 or patience < 1:
             raise ValueError(f"NSRA needs weight and weight_step in [0, 1] and patience >= 1, got {weight}, "
                              f"{weight_step}, {patience}")
         self.es, self.behaviour_fn, self.reward_fn, self.method = es, behaviour_fn, reward_fn, method
-        self.archive = NoveltyArchive(k)
+        self.archive = NoveltyArchive(k) if archive is None else archive     # shared by a meta-population's agents
         self.weight, self.weight_step, self.patience = weight, weight_step, patience
         self.best, self.stale = float("-inf"), 0
         self._observe_centre()

@@ -1,6 +1,7 @@
 """The classic strategies (classic.py, cma_es.py) on the one ES engine: each halves a shifted sphere's loss in a
-fixed budget, their state round-trips through the ES object's state dict and resumes exactly, cma_es follows the
-cmaes library's own trajectory, and a user strategy with state of its own is saved and restored by the engine."""
+fixed budget, their state round-trips through the ES object's state dict and resumes exactly, cma_es is the
+cmaes library's own ask/tell loop on the engine's normals, and a user strategy with state of its own is saved and
+restored by the engine."""
 
 import numpy as np
 import pytest
@@ -9,6 +10,7 @@ from torch import nn
 
 from eggroll_llm.classic import SNES, SimpleES, ranks
 from eggroll_llm.es import EggrollES
+from eggroll_llm.noise import noise_seed
 from eggroll_llm.strategy import STRATEGIES, DenseNoise, Strategy, gaussian
 
 cmaes = pytest.importorskip("cmaes")
@@ -76,18 +78,42 @@ def test_state_round_trips_through_the_state_dict_and_resume_is_exact(strategy):
     assert torch.equal(whole.x, resumed.x)
 
 
-def test_cma_es_follows_the_cmaes_librarys_own_trajectory():
-    model, es = run("cma_es", 0, seed=7)
-    ref = cmaes.CMA(mean=np.zeros(10), sigma=0.3, population_size=10, seed=7)
-    for _ in range(25):
-        es.step(lambda m: -sphere_loss(m))
+class Normals:
+    """Stands in for the library's NumPy generator: hands out given rows of standard normals, one per ask()."""
+
+    def __init__(self, rows):
+        self.rows = iter(rows)
+
+    def randn(self, n):
+        row = next(self.rows)
+        assert row.shape == (n,)
+        return row
+
+
+@pytest.mark.parametrize("separable", [False, True])
+def test_cma_es_is_the_cmaes_librarys_own_ask_tell_loop_on_the_engines_normals(separable):
+    """The library's own ask() (its generator fed the engine's keyed normals z) gives this step's members, and its
+    own tell() the next centre: the library's trajectory, with the engine's noise."""
+    model, es = run(STRATEGIES["cma_es"](separable=separable), 0, seed=7)
+    ref = (cmaes.SepCMA if separable else cmaes.CMA)(mean=np.zeros(10), sigma=0.3, population_size=10)
+    target, shift = es.targets["x"], SHIFT.double().numpy()
+    for step in range(25):
+        z = torch.randn(10, 10, generator=torch.Generator().manual_seed(noise_seed(7, step, 1, target.index)))
+        z = z.double().numpy()
+        ref._rng = Normals(z)
         xs = [ref.ask() for _ in range(10)]
-        ref.tell([(x, float(((x - SHIFT.double().numpy()) ** 2).sum())) for x in xs])
+        members = []
+
+        def fitness(m):
+            members.append(m.x.detach().double().numpy().copy())
+            return -sphere_loss(m)
+
+        es.step(fitness)
+        np.testing.assert_allclose(np.stack(members), np.stack(xs), rtol=1e-6, atol=1e-6)
+        ref.tell([(x, float(((x - shift) ** 2).sum())) for x in xs])
         np.testing.assert_allclose(model.x.detach().double().numpy(), ref.mean, rtol=1e-6, atol=1e-6)
-    assert es.strategy.sigma == ref._sigma and type(es.strategy.lib) is cmaes.CMA
-    separable = EggrollES(Point(), population_size=10, sigma=0.3, lr=1.0,
-                          strategy=STRATEGIES["cma_es"](separable=True))
-    assert type(separable.strategy.lib) is cmaes.SepCMA
+    assert es.strategy.sigma == pytest.approx(ref._sigma, rel=1e-6)
+    assert type(es.strategy.lib) is (cmaes.SepCMA if separable else cmaes.CMA)
 
 
 @pytest.mark.parametrize("kw, match", [({"antithetic": True}, "antithetic=False"), ({"lr": 0.5}, "lr=1.0"),

@@ -1,5 +1,5 @@
 """Novelty search (novelty.py): the k-nearest-neighbour novelty of hand-made behaviours, the NS / NSR / NSRA fitness
-transforms, NSRA's weight schedule, and an exact resume of a search."""
+transforms, NSRA's weight schedule, an exact resume of a search, and agents sharing one archive."""
 
 import pytest
 import torch
@@ -65,3 +65,12 @@ def test_a_novelty_search_resumes_exactly():
         resumed.step()
     assert torch.equal(whole.es.model.x, resumed.es.model.x)
     assert torch.equal(whole.archive.behaviours, resumed.archive.behaviours) and whole.weight == resumed.weight
+
+
+def test_a_meta_population_shares_one_archive():
+    shared = NoveltyArchive(k=3)
+    agents = [search("nsra", archive=shared) for _ in range(3)]
+    assert all(a.archive is shared for a in agents) and len(shared) == 3      # every agent's start
+    agents[1].step()
+    assert len(shared) == 4                                                  # the stepped agent's new centre
+    torch.testing.assert_close(shared.behaviours[-1], agents[1].es.model.x.detach())
