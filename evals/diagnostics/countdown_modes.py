@@ -14,10 +14,9 @@ prints the success rate, the share of 4-number answers that stop short, and the 
 
 from __future__ import annotations
 
-import argparse
-import json
 import re
-from pathlib import Path
+
+from mode_records import accuracy, main
 
 _NUMS = re.compile(r"numbers \[([0-9, ]+)\]")
 
@@ -35,25 +34,10 @@ def modes(records: list[dict]) -> dict[str, float | int | None]:
     four = [r for r in records if (m := _NUMS.search(str(r["prompt"]))) and len(m.group(1).split(",")) == 4]
     short = [r for r in four if stopped_short(r)]
     full = [r for r in four if not stopped_short(r)]
-
-    def success(rows: list[dict]) -> float | None:
-        return round(sum(r["correct"] for r in rows) / len(rows), 4) if rows else None
-
-    return {"n": len(records), "accuracy": success(records), "four_number_n": len(four),
+    return {"n": len(records), "accuracy": accuracy(records), "four_number_n": len(four),
             "stopped_short_share": round(len(short) / len(four), 4) if four else None,
-            "stopped_short_accuracy": success(short), "full_search_accuracy": success(full)}
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("records", nargs="+", type=Path, help="records files written by `eggroll-llm eval --out`")
-    args = parser.parse_args()
-    for path in args.records:
-        lines = path.read_text().splitlines()
-        if not lines:
-            raise SystemExit(f"{path} holds no records; write one with eggroll-llm eval --task countdown --out")
-        print(json.dumps({"records": str(path), **modes([json.loads(line) for line in lines])}))
+            "stopped_short_accuracy": accuracy(short), "full_search_accuracy": accuracy(full)}
 
 
 if __name__ == "__main__":
-    main()
+    main(__doc__, modes, "eggroll-llm eval --task countdown")
