@@ -84,6 +84,11 @@ def generate_problem(rng: random.Random, difficulty: Difficulty = Difficulty()) 
             return {"nums": nums, "target": target, "solution": solution[1:-1]}  # drop the outermost parentheses
 
 
+def problem_key(row: dict) -> tuple:
+    """A problem's order-free identity: its sorted numbers and its target (two rows with one key are one problem)."""
+    return tuple(sorted(row["nums"])), row["target"]
+
+
 def split_of(nums: Sequence[int], target: int) -> str:
     """The split a problem belongs to, from a stable hash of its order-free key (sorted numbers, target)."""
     return tiny_arith.split_of(f"countdown {' '.join(map(str, sorted(nums)))} -> {target}")
@@ -93,7 +98,7 @@ def make_split(split: str, n: int, seed: int = 0, difficulty: Difficulty = Diffi
     """`n` distinct problems of `split`, deterministic in (split, n, seed, difficulty)."""
     return tiny_arith.sample_split("countdown", split, n, random.Random(f"countdown/{split}/{seed}"),
                                    lambda rng: generate_problem(rng, difficulty),
-                                   key=lambda row: (tuple(sorted(row["nums"])), row["target"]),
+                                   key=problem_key,
                                    split_of_row=lambda row: split_of(row["nums"], row["target"]))
 
 

@@ -56,10 +56,9 @@ def pretraining_held_out(n: int, seed: int = 1) -> list[dict]:
     reads, answered careless with the shipped careless share. Deterministic in (n, seed)."""
     if seed == 0:
         raise ValueError("seed 0 draws the problems evaluations read; pick another seed")
-    key = lambda row: (tuple(sorted(row["nums"])), row["target"])  # noqa: E731
-    evaluated = {key(row) for row in countdown.make_split("validation", EVALUATED, seed=0)}
+    evaluated = {countdown.problem_key(row) for row in countdown.make_split("validation", EVALUATED, seed=0)}
     rows = [row for row in countdown.make_split("validation", n + n // 4 + 10, seed=seed)
-            if key(row) not in evaluated][:n]
+            if countdown.problem_key(row) not in evaluated][:n]
     if len(rows) < n:
         raise ValueError(f"only {len(rows)} held-out Countdown problems found; ask for fewer")
     flags = careless_flags(n, SHIPPED_MODEL["careless_fraction"], seed + 1)

@@ -56,11 +56,11 @@ def test_worked_search_is_right_where_the_greedy_search_reaches_the_target():
 def test_off_task_text_is_held_out_deterministic_and_in_the_training_mix():
     rows = pretraining_held_out(40)
     assert rows == pretraining_held_out(40) and len(rows) == 40
-    key = lambda row: (tuple(sorted(row["nums"])), row["target"])  # noqa: E731
     assert all(countdown.split_of(row["nums"], row["target"]) == "validation" for row in rows)  # never trained on
-    evaluated = {key(row) for row in countdown.make_split("validation", 500)}
-    assert not evaluated & {key(row) for row in rows}  # nor the problems evaluations read
-    short = [row for row in rows if len(row["nums"]) == 4 and row["answer"] != worked_search(row["nums"], row["target"])]
+    evaluated = {countdown.problem_key(row) for row in countdown.make_split("validation", 500)}
+    assert not evaluated & {countdown.problem_key(row) for row in rows}  # nor the problems evaluations read
+    short = [row for row in rows
+             if len(row["nums"]) == 4 and row["answer"] != worked_search(row["nums"], row["target"])]
     assert 0 < len(short) < 40  # both answer styles of the training mix appear
     with pytest.raises(ValueError, match="evaluations read"):
         pretraining_held_out(5, seed=0)
