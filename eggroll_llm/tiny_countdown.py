@@ -17,8 +17,7 @@ import random
 from . import countdown
 
 CARELESS_STEPS = 2  # a careless answer stops after this many operations
-# what scripts/train_tiny_countdown.py ran with its defaults to train eggroll_llm/assets/tiny-countdown
-SHIPPED_MODEL = {"seed": 0, "train_examples": 20000, "careless_fraction": 0.6}
+CARELESS_FRACTION = 0.6  # the share of careless answers eggroll_llm/assets/tiny-countdown was trained on
 
 
 def worked_search(nums: list[int], target: int, careless: bool = False) -> str:
@@ -53,7 +52,7 @@ EVALUATED = 500  # evaluations read the first eval_limit problems of a split at 
 def pretraining_held_out(n: int, seed: int = 1) -> list[dict]:
     """`n` rows {nums, target, solution, answer} of the model's pretraining distribution that it never trained on:
     validation problems drawn with another seed than evaluation's, minus the first EVALUATED problems evaluation
-    reads, answered careless with the shipped careless share. Deterministic in (n, seed)."""
+    reads, a CARELESS_FRACTION of them answered careless. Deterministic in (n, seed)."""
     if seed == 0:
         raise ValueError("seed 0 draws the problems evaluations read; pick another seed")
     evaluated = {countdown.problem_key(row) for row in countdown.make_split("validation", EVALUATED, seed=0)}
@@ -61,6 +60,6 @@ def pretraining_held_out(n: int, seed: int = 1) -> list[dict]:
             if countdown.problem_key(row) not in evaluated][:n]
     if len(rows) < n:
         raise ValueError(f"only {len(rows)} held-out Countdown problems found; ask for fewer")
-    flags = careless_flags(n, SHIPPED_MODEL["careless_fraction"], seed + 1)
+    flags = careless_flags(n, CARELESS_FRACTION, seed + 1)
     return [{**row, "answer": worked_search(row["nums"], row["target"], careless)}
             for row, careless in zip(rows, flags)]

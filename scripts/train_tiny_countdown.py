@@ -42,7 +42,7 @@ from train_tiny_model import batches, build_tokenizer  # noqa: E402  (the siblin
 
 from eggroll_llm import countdown  # noqa: E402
 from eggroll_llm.data import render_prompt  # noqa: E402
-from eggroll_llm.tiny_countdown import careless_flags, worked_search  # noqa: E402
+from eggroll_llm.tiny_countdown import CARELESS_FRACTION, careless_flags, worked_search  # noqa: E402
 
 
 def prompt_text(tokenizer, row: dict) -> str:
@@ -112,7 +112,7 @@ def main() -> None:
                         help="length of the cosine decay; independent of --steps (see scripts/train_tiny_model.py)")
     parser.add_argument("--eval-every", type=int, default=0,
                         help="also score the test problems and save a snapshot to OUT/step-N every N steps")
-    parser.add_argument("--careless-fraction", type=float, default=0.6,
+    parser.add_argument("--careless-fraction", type=float, default=CARELESS_FRACTION,
                         help="share of training answers that stop after at most two operations")
     parser.add_argument("--train-examples", type=int, default=20000)
     parser.add_argument("--eval-examples", type=int, default=200, help="test problems scored at the end")
